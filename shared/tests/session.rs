@@ -1,0 +1,80 @@
+//! The session decision the edge makes from what the store returned.
+
+mod common;
+
+use common::*;
+use shared::Error;
+use shared::session::{SessionRecord, SessionState, session_state};
+
+fn record(auth_time: u64, exp: u64) -> SessionRecord {
+    SessionRecord {
+        sub: claims().sub,
+        scope: "profile:read".into(),
+        auth_time,
+        exp,
+    }
+}
+
+fn state(record: Option<&str>, not_before: Option<&str>) -> Result<SessionState, Error> {
+    let claims = verify(&token()).unwrap();
+    session_state(
+        &claims,
+        record.map(str::as_bytes),
+        not_before.map(str::as_bytes),
+        NOW,
+    )
+}
+
+vectors! {
+    fn a_present_record_for_the_same_user_is_active_with_its_scope() {
+        let rec = record(NOW - 3600, NOW + 86_400);
+        assert_eq!(state(Some(&rec.encode()), None), Ok(SessionState::Active(rec)));
+    }
+
+    fn an_absent_record_means_the_session_is_not_active() {
+        assert_eq!(state(None, None), Ok(SessionState::Absent));
+        assert_eq!(state(None, Some("1")), Ok(SessionState::Absent));
+    }
+
+    fn a_record_of_another_user_is_revoked() {
+        let mut rec = record(NOW - 3600, NOW + 86_400);
+        rec.sub = "someone-else".into();
+        assert_eq!(state(Some(&rec.encode()), None), Ok(SessionState::Revoked));
+    }
+
+    fn a_session_past_its_absolute_lifetime_is_revoked() {
+        assert_eq!(state(Some(&record(NOW - 3600, NOW).encode()), None), Ok(SessionState::Revoked));
+    }
+
+    fn logout_everywhere_after_the_session_started_revokes_it() {
+        let rec = record(NOW - 3600, NOW + 86_400).encode();
+        assert_eq!(state(Some(&rec), Some(&(NOW - 10).to_string())), Ok(SessionState::Revoked));
+        // and a token issued before the logout, even if the record were republished
+        let fresh = record(NOW, NOW + 86_400).encode();
+        assert_eq!(state(Some(&fresh), Some(&(NOW - 10).to_string())), Ok(SessionState::Revoked));
+    }
+
+    fn logout_everywhere_before_the_session_started_leaves_it_active() {
+        let rec = record(NOW - 100, NOW + 86_400);
+        let not_before = (NOW - 200).to_string();
+        assert_eq!(state(Some(&rec.encode()), Some(&not_before)), Ok(SessionState::Active(rec)));
+    }
+
+    fn an_undecodable_store_value_is_an_error_never_active() {
+        let good = record(NOW - 3600, NOW + 86_400).encode();
+        let bad_records = ["", "null", "{}", "[]", r#"{"v":2,"sub":"u","scope":"","auth_time":1,"exp":2}"#, &good.replace("\"v\":1", "\"v\":1,\"v\":1")];
+        for bad in bad_records {
+            assert_eq!(state(Some(bad), None), Err(Error::Record), "{bad}");
+        }
+        for bad in ["", "-1", "1.5", "soon", "99999999999999999999999"] {
+            assert_eq!(state(Some(&good), Some(bad)), Err(Error::Record), "{bad}");
+        }
+    }
+
+    fn a_record_round_trips_and_escapes_its_strings() {
+        let rec = SessionRecord { sub: "u-1".into(), scope: "a:b c!".into(), auth_time: 1, exp: 2 };
+        assert_eq!(SessionRecord::decode(rec.encode().as_bytes()), Ok(rec));
+        let hostile = SessionRecord { sub: "u\",\"sub\":\"admin".into(), scope: "".into(), auth_time: 1, exp: 2 };
+        assert_eq!(SessionRecord::decode(hostile.encode().as_bytes()), Err(Error::Record), "not an identifier, but never injected");
+    }
+}
