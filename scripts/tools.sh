@@ -1,0 +1,52 @@
+# Sourced by the project's scripts: installs the pinned tools they need, each in a
+# versioned directory under ~/.cache/edge-auth/tools, and puts them on PATH.
+# Nothing installed by hand is assumed; a second run reuses what is there.
+
+TOOLS_DIR="${EDGE_AUTH_TOOLS:-${XDG_CACHE_HOME:-$HOME/.cache}/edge-auth/tools}"
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+
+log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+die() { printf '\033[31merror: %s\033[0m\n' "$*" >&2; exit 1; }
+
+# The version of a crate as locked in Cargo.lock.
+locked_version() {
+  awk -v name="$1" '$0 == "name = \"" name "\"" { getline; gsub(/version = |"/, ""); print; exit }' "$REPO_ROOT/Cargo.lock"
+}
+
+# install_crate CRATE VERSION BINARY: `cargo install` into its own versioned root.
+# `--locked` is tried first; some crates lock dependency versions this machine's
+# registry mirror does not serve, so it falls back to a fresh resolution of the
+# same pinned crate version.
+install_crate() {
+  local crate=$1 version=$2 binary=$3 root="$TOOLS_DIR/$1-$2"
+  if [ ! -x "$root/bin/$binary" ]; then
+    log "installing $crate $version (once, into $root)"
+    cargo install --quiet --root "$root" --version "=$version" --locked "$crate" ||
+      cargo install --quiet --root "$root" --version "=$version" "$crate" ||
+      die "could not install $crate $version"
+  fi
+  PATH="$root/bin:$PATH"
+}
+
+require_command() {
+  command -v "$1" >/dev/null 2>&1 || die "$1 not found: $2"
+}
+
+ensure_rust_targets() {
+  require_command rustup "install Rust with rustup (https://rustup.rs)"
+  local installed
+  installed=$(rustup target list --installed)
+  for target in "$@"; do
+    grep -qx "$target" <<<"$installed" || rustup target add "$target" >&2
+  done
+}
+
+# wasm-bindgen's CLI must equal the wasm-bindgen crate in Cargo.lock exactly.
+ensure_wasm_bindgen() {
+  install_crate wasm-bindgen-cli "$(locked_version wasm-bindgen)" wasm-bindgen-test-runner
+}
+
+CARGO_FUZZ_VERSION=0.13.2
+ensure_cargo_fuzz() {
+  install_crate cargo-fuzz "$CARGO_FUZZ_VERSION" cargo-fuzz
+}
