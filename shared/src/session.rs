@@ -3,8 +3,10 @@
 //!
 //! Per active session the store holds `<prefix>sess:{<sub>}:<sid>` = a [`SessionRecord`]
 //! as JSON, with a TTL of the access token's remaining lifetime plus a buffer. Per
-//! user it may hold `<prefix>nbf:{<sub>}` = Unix seconds: written by logout-everywhere,
-//! it kills every session authenticated before it. The edge reads both in one round
+//! user it may hold `<prefix>nbf:{<sub>}` = Unix time in milliseconds: written by
+//! logout-everywhere, it kills every session authenticated at or before it.
+//! Milliseconds, because in seconds a login in the same second as logout-everywhere
+//! could not be told from one just before it. The edge reads both in one round
 //! trip (`MGET`); the `{<sub>}` hash tag puts both keys of a user in one Redis Cluster
 //! slot, so that `MGET` also works on a cluster.
 //!
@@ -13,7 +15,7 @@
 //!
 //! assert_eq!(session_key("auth:", "u1", "s1"), "auth:sess:{u1}:s1");
 //! assert_eq!(user_not_before_key("auth:", "u1"), "auth:nbf:{u1}");
-//! let record = SessionRecord { sub: "u1".into(), scope: "read".into(), auth_time: 10, exp: 99 };
+//! let record = SessionRecord { sub: "u1".into(), scope: "read".into(), auth_time_ms: 10_000, exp: 99 };
 //! assert_eq!(SessionRecord::decode(record.encode().as_bytes()), Ok(record));
 //! ```
 
@@ -35,9 +37,9 @@ pub struct SessionRecord {
     /// The session's current permissions. The origin may narrow them before the
     /// tokens already issued expire; the edge forwards these, not the token's.
     pub scope: String,
-    /// When the user authenticated (Unix seconds): a user "not before" later than this
-    /// revokes the session.
-    pub auth_time: u64,
+    /// When the user authenticated, Unix milliseconds: a user "not before" at or after
+    /// this revokes the session.
+    pub auth_time_ms: u64,
     /// When the session ends at the latest (Unix seconds): its absolute lifetime.
     pub exp: u64,
 }
@@ -46,10 +48,10 @@ impl SessionRecord {
     /// The JSON stored under [`session_key`].
     pub fn encode(&self) -> String {
         format!(
-            r#"{{"v":{RECORD_VERSION},"sub":{},"scope":{},"auth_time":{},"exp":{}}}"#,
+            r#"{{"v":{RECORD_VERSION},"sub":{},"scope":{},"auth_time_ms":{},"exp":{}}}"#,
             Value::from(self.sub.as_str()),
             Value::from(self.scope.as_str()),
-            self.auth_time,
+            self.auth_time_ms,
             self.exp
         )
     }
@@ -65,8 +67,8 @@ impl SessionRecord {
                 .and_then(Value::as_str)
                 .ok_or(Error::Record)
         };
-        let time = |name: &str| match record.get(name).and_then(Value::as_u64) {
-            Some(t) if t <= MAX_TIME => Ok(t),
+        let time = |name: &str, max: u64| match record.get(name).and_then(Value::as_u64) {
+            Some(t) if t <= max => Ok(t),
             _ => Err(Error::Record),
         };
         if record.get("v").and_then(Value::as_u64) != Some(RECORD_VERSION) {
@@ -79,13 +81,23 @@ impl SessionRecord {
         Ok(SessionRecord {
             sub: sub.into(),
             scope: scope.into(),
-            auth_time: time("auth_time")?,
-            exp: time("exp")?,
+            auth_time_ms: time("auth_time_ms", MAX_TIME * 1000)?,
+            exp: time("exp", MAX_TIME)?,
         })
     }
 }
 
-/// Store key of a session's record. `prefix` namespaces deployments and tests.
+/// Whether `prefix` can start store keys: no `{` or `}`, which would move the Redis
+/// Cluster hash tag, and no whitespace or control characters.
+pub fn is_key_prefix(prefix: &str) -> bool {
+    prefix.len() <= 64
+        && prefix
+            .bytes()
+            .all(|c| c.is_ascii_graphic() && c != b'{' && c != b'}')
+}
+
+/// Store key of a session's record. `prefix` namespaces deployments and tests; it must
+/// pass [`is_key_prefix`], and `sub` and `sid` are [`is_identifier`]s (as in verified claims).
 pub fn session_key(prefix: &str, sub: &str, sid: &str) -> String {
     format!("{prefix}sess:{{{sub}}}:{sid}")
 }
@@ -109,8 +121,9 @@ pub enum SessionState {
 
 /// Decides a session from the two values read from the store (`None` = key absent).
 ///
-/// A value that cannot be decoded is an `Err`: the store holds something the origin
-/// did not write, so the session is unknown, which callers must never treat as active.
+/// A value that cannot be decoded is an `Err`, even when the other is absent: the store
+/// holds something the origin did not write, so the session is unknown, which callers
+/// must never treat as active (nor as a reason to send the client back to log in).
 pub fn session_state(
     claims: &VerifiedClaims,
     record: Option<&[u8]>,
@@ -130,8 +143,7 @@ pub fn session_state(
         return Ok(SessionState::Absent);
     };
     let record = SessionRecord::decode(record)?;
-    let killed_by_logout_all =
-        not_before.is_some_and(|nbf| record.auth_time < nbf || claims.issued_at() < nbf);
+    let killed_by_logout_all = not_before.is_some_and(|nbf_ms| record.auth_time_ms <= nbf_ms);
     if record.sub != claims.subject() || now >= record.exp || killed_by_logout_all {
         return Ok(SessionState::Revoked);
     }

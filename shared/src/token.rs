@@ -136,7 +136,10 @@ impl Validator {
     /// Like [`verify`](Self::verify), with the Ed25519 check done by `check_signature`
     /// (for example WebCrypto's async `verify`, which is faster in a Worker than Wasm).
     /// It receives the key, the signing input and the 64-byte signature, and must
-    /// return whether the signature is valid. Everything else is checked here.
+    /// return whether the signature is valid. Everything else is checked here, and a
+    /// non-canonical S is refused before it is called. Whether a small-order R is
+    /// refused, and cofactored or cofactorless verification, is up to that
+    /// implementation: keys are validated at load, so this is never a forgery.
     pub async fn verify_with<F, Fut>(
         &self,
         token: &[u8],
@@ -150,6 +153,11 @@ impl Validator {
     {
         let token = self.split(token)?;
         let key = keys.get(&token.kid).ok_or(Error::UnknownKey)?;
+        // The native check refuses a non-canonical S (RFC 8032 §5.1.7); other
+        // implementations may not, and S + L would give one token two valid encodings.
+        if !is_canonical_scalar(&token.signature[32..]) {
+            return Err(Error::Signature);
+        }
         if !check_signature(key, token.signing_input, &token.signature).await {
             return Err(Error::Signature);
         }
@@ -236,6 +244,22 @@ impl Validator {
             scope: scope.into(),
         })
     }
+}
+
+/// Whether the little-endian scalar `s` is below the group order L (RFC 8032 §5.1.7).
+fn is_canonical_scalar(s: &[u8]) -> bool {
+    // L = 2^252 + 27742317777372353535851937790883648493, little-endian.
+    const L: [u8; 32] = [
+        0xed, 0xd3, 0xf5, 0x5c, 0x1a, 0x63, 0x12, 0x58, 0xd6, 0x9c, 0xf7, 0xa2, 0xde, 0xf9, 0xde,
+        0x14, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
+    ];
+    // Compare from the most significant byte down.
+    for (a, l) in s.iter().rev().zip(L.iter().rev()) {
+        if a != l {
+            return a < l;
+        }
+    }
+    false
 }
 
 /// Length of the `.signature` suffix, dot included.

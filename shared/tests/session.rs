@@ -6,13 +6,18 @@ use common::*;
 use shared::Error;
 use shared::session::{SessionRecord, SessionState, session_state};
 
+/// A record of a session authenticated at `auth_time` (Unix seconds) and ending at `exp`.
 fn record(auth_time: u64, exp: u64) -> SessionRecord {
     SessionRecord {
         sub: claims().sub,
         scope: "profile:read".into(),
-        auth_time,
+        auth_time_ms: auth_time * 1000,
         exp,
     }
+}
+
+fn ms(seconds: u64) -> String {
+    (seconds * 1000).to_string()
 }
 
 fn state(record: Option<&str>, not_before: Option<&str>) -> Result<SessionState, Error> {
@@ -33,7 +38,7 @@ vectors! {
 
     fn an_absent_record_means_the_session_is_not_active() {
         assert_eq!(state(None, None), Ok(SessionState::Absent));
-        assert_eq!(state(None, Some("1")), Ok(SessionState::Absent));
+        assert_eq!(state(None, Some(&ms(NOW))), Ok(SessionState::Absent));
     }
 
     fn a_record_of_another_user_is_revoked() {
@@ -48,33 +53,50 @@ vectors! {
 
     fn logout_everywhere_after_the_session_started_revokes_it() {
         let rec = record(NOW - 3600, NOW + 86_400).encode();
-        assert_eq!(state(Some(&rec), Some(&(NOW - 10).to_string())), Ok(SessionState::Revoked));
-        // and a token issued before the logout, even if the record were republished
-        let fresh = record(NOW, NOW + 86_400).encode();
-        assert_eq!(state(Some(&fresh), Some(&(NOW - 10).to_string())), Ok(SessionState::Revoked));
+        assert_eq!(state(Some(&rec), Some(&ms(NOW - 10))), Ok(SessionState::Revoked));
+    }
+
+    fn logout_everywhere_in_the_same_millisecond_as_the_login_revokes_it() {
+        let rec = record(NOW - 3600, NOW + 86_400);
+        let same = rec.auth_time_ms.to_string();
+        assert_eq!(state(Some(&rec.encode()), Some(&same)), Ok(SessionState::Revoked));
+    }
+
+    fn a_login_one_millisecond_after_logout_everywhere_is_active() {
+        let rec = record(NOW - 3600, NOW + 86_400);
+        let before = (rec.auth_time_ms - 1).to_string();
+        assert_eq!(state(Some(&rec.encode()), Some(&before)), Ok(SessionState::Active(rec)));
     }
 
     fn logout_everywhere_before_the_session_started_leaves_it_active() {
         let rec = record(NOW - 100, NOW + 86_400);
-        let not_before = (NOW - 200).to_string();
+        let not_before = ms(NOW - 200);
         assert_eq!(state(Some(&rec.encode()), Some(&not_before)), Ok(SessionState::Active(rec)));
     }
 
     fn an_undecodable_store_value_is_an_error_never_active() {
         let good = record(NOW - 3600, NOW + 86_400).encode();
-        let bad_records = ["", "null", "{}", "[]", r#"{"v":2,"sub":"u","scope":"","auth_time":1,"exp":2}"#, &good.replace("\"v\":1", "\"v\":1,\"v\":1")];
+        let bad_records = ["", "null", "{}", "[]", r#"{"v":2,"sub":"u","scope":"","auth_time_ms":1,"exp":2}"#, &good.replace("\"v\":1", "\"v\":1,\"v\":1")];
         for bad in bad_records {
             assert_eq!(state(Some(bad), None), Err(Error::Record), "{bad}");
         }
         for bad in ["", "-1", "1.5", "soon", "99999999999999999999999"] {
             assert_eq!(state(Some(&good), Some(bad)), Err(Error::Record), "{bad}");
+            assert_eq!(state(None, Some(bad)), Err(Error::Record), "{bad} with no record");
+        }
+    }
+
+    fn key_prefixes_that_would_move_the_cluster_hash_tag_are_refused() {
+        assert!(shared::session::is_key_prefix("auth:") && shared::session::is_key_prefix(""));
+        for bad in ["a{", "}", "a b", "a\n"] {
+            assert!(!shared::session::is_key_prefix(bad), "{bad:?}");
         }
     }
 
     fn a_record_round_trips_and_escapes_its_strings() {
-        let rec = SessionRecord { sub: "u-1".into(), scope: "a:b c!".into(), auth_time: 1, exp: 2 };
+        let rec = SessionRecord { sub: "u-1".into(), scope: "a:b c!".into(), auth_time_ms: 1, exp: 2 };
         assert_eq!(SessionRecord::decode(rec.encode().as_bytes()), Ok(rec));
-        let hostile = SessionRecord { sub: "u\",\"sub\":\"admin".into(), scope: "".into(), auth_time: 1, exp: 2 };
+        let hostile = SessionRecord { sub: "u\",\"sub\":\"admin".into(), scope: "".into(), auth_time_ms: 1, exp: 2 };
         assert_eq!(SessionRecord::decode(hostile.encode().as_bytes()), Err(Error::Record), "not an identifier, but never injected");
     }
 }

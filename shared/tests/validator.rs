@@ -158,6 +158,24 @@ vectors! {
         assert_eq!(verify(&sign_raw(&header, payload.as_bytes())), Err(Error::Json));
     }
 
+    fn a_signed_payload_that_is_not_strict_base64url_is_rejected() {
+        let header = b64(Value::Object(header()).to_string().as_bytes());
+        let payload = format!("{}=", b64(&serde_json::to_vec(&claims()).unwrap()));
+        let input = format!("{header}.{payload}");
+        let pair = ed25519_compact::KeyPair::from_seed(ed25519_compact::Seed::new(SEED));
+        let token = format!("{input}.{}", b64(pair.sk.sign(input.as_bytes(), None).as_ref()));
+        assert_eq!(verify(&token), Err(Error::Base64));
+    }
+
+    fn json_nested_127_levels_parses_and_128_is_refused() {
+        let nested = |depth: usize| with_payload(|p| {
+            let text = format!("{}{}", "[".repeat(depth - 1), "]".repeat(depth - 1));
+            p.insert("deep".into(), serde_json::from_str(&text).unwrap());
+        });
+        assert!(verify(&nested(127)).is_ok());
+        assert_eq!(verify(&nested(128)), Err(Error::Json));
+    }
+
     // ---- algorithm ----
 
     fn alg_none_is_rejected_in_every_letter_case() {
@@ -263,6 +281,26 @@ vectors! {
         for signature in [vec![0u8; 63], vec![0u8; 65], vec![0u8; 64], vec![0xff; 64]] {
             assert_eq!(verify(&format!("{input}.{}", b64(&signature))), Err(Error::Signature));
         }
+    }
+
+    fn a_signature_with_s_plus_the_group_order_is_rejected_on_both_paths() {
+        let token = token();
+        let (input, signature) = token.rsplit_once('.').unwrap();
+        let mut sig: Vec<u8> = base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, signature).unwrap();
+        // S + L, little-endian; L = 2^252 + 27742317777372353535851937790883648493.
+        let l: [u8; 32] = [0xed, 0xd3, 0xf5, 0x5c, 0x1a, 0x63, 0x12, 0x58, 0xd6, 0x9c, 0xf7, 0xa2, 0xde, 0xf9, 0xde, 0x14, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10];
+        let mut carry = 0u16;
+        for i in 0..32 {
+            let sum = sig[32 + i] as u16 + l[i] as u16 + carry;
+            sig[32 + i] = sum as u8;
+            carry = sum >> 8;
+        }
+        assert_eq!(carry, 0, "S + L fits in 32 bytes for a canonical S");
+        let malleated = format!("{input}.{}", b64(&sig));
+        assert_eq!(verify(&malleated), Err(Error::Signature));
+        let (validator, keys) = (validator(), keys());
+        let accept_all = |_: &_, _: &_, _: &_| core::future::ready(true);
+        assert_eq!(block_on(validator.verify_with(malleated.as_bytes(), &keys, NOW, accept_all)), Err(Error::Signature));
     }
 
     fn a_valid_signature_moved_onto_another_payload_is_rejected() {
@@ -438,6 +476,21 @@ vectors! {
         let (validator, keys) = (validator(), keys());
         let never = |_: &_, _: &_, _: &_| -> core::future::Ready<bool> { panic!("called") };
         assert_eq!(block_on(validator.verify_with(token.as_bytes(), &keys, NOW, never)), Err(Error::Algorithm));
+    }
+
+    fn an_external_signature_check_is_not_consulted_for_an_unknown_kid_or_a_short_signature() {
+        let (validator, keys) = (validator(), keys());
+        let never = |_: &_, _: &_, _: &_| -> core::future::Ready<bool> { panic!("called") };
+        let unknown = with_header(|h| { h.insert("kid".into(), "retired".into()); });
+        assert_eq!(block_on(validator.verify_with(unknown.as_bytes(), &keys, NOW, never)), Err(Error::UnknownKey));
+        let short = format!("{}.{}", token().rsplit_once('.').unwrap().0, b64(&[1; 63]));
+        assert_eq!(block_on(validator.verify_with(short.as_bytes(), &keys, NOW, never)), Err(Error::Signature));
+    }
+
+    fn a_shorter_maximum_lifetime_is_enforced() {
+        let validator = validator().with_limits(Limits { max_lifetime: 600, ..Limits::default() });
+        assert_eq!(validator.verify(token().as_bytes(), &keys(), NOW), Err(Error::Lifetime), "900 s token");
+        assert!(validator.verify(timed(NOW - 10, NOW - 10, NOW + 590).as_bytes(), &keys(), NOW).is_ok());
     }
 
     fn the_issuer_refuses_to_sign_claims_no_verifier_accepts() {
