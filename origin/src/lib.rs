@@ -1,3 +1,79 @@
-//! The origin issuer: an axum service for login, refresh rotation, revocation and
-//! the JWKS, on Postgres and Redis. Built in its own issue; this crate holds its
-//! place in the workspace so the layout of DESIGN.md §1 is in place from the start.
+//! The origin issuer: an axum service for login, refresh rotation, revocation and the
+//! JWKS (DESIGN.md §4), with Postgres as the source of truth and Redis as the edge's
+//! fast path. `app` builds the router; `main.rs` wires configuration and runs it.
+
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod extract;
+pub mod health;
+pub mod keys;
+pub mod metrics;
+pub mod password;
+pub mod random;
+pub mod state;
+pub mod store;
+pub mod tasks;
+pub mod throttle;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderName, Request, header};
+use axum::response::IntoResponse;
+use axum::routing::{delete, get, post};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// Migrations embedded in the binary, applied at start.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
+
+/// Largest accepted request body. Credentials and tokens are well under 1 KiB.
+pub const BODY_LIMIT: usize = 16 * 1024;
+
+pub fn app(state: AppState) -> Router {
+    let request_id = HeaderName::from_static("x-request-id");
+    Router::new()
+        .route("/auth/register", post(auth::register::register))
+        .route("/auth/login", post(auth::login::login))
+        .route("/auth/refresh", post(auth::refresh::refresh))
+        .route("/auth/logout", post(auth::logout::logout))
+        .route("/auth/logout-all", post(auth::logout::logout_all))
+        .route("/auth/sessions", get(auth::sessions::list))
+        .route("/auth/sessions/{session_id}", delete(auth::sessions::delete))
+        .route("/auth/revoke", post(auth::oauth::revoke))
+        .route("/auth/introspect", post(auth::oauth::introspect))
+        .route("/internal/validate", post(auth::validate::validate))
+        .route("/.well-known/jwks.json", get(jwks))
+        .route("/api/me", get(api::me))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
+        .fallback(|| async { ApiError::NotFound })
+        .method_not_allowed_fallback(|| async { ApiError::BadRequest("method not allowed") })
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(
+            // The span carries the request id, method and path, never the query string
+            // or headers, which may hold credentials.
+            TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
+                let id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("-");
+                tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.uri().path())
+            }),
+        )
+        .layer(PropagateRequestIdLayer::new(request_id.clone()))
+        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        .with_state(state)
+}
+
+async fn jwks(axum::extract::State(state): axum::extract::State<AppState>) -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CACHE_CONTROL, "public, max-age=300"),
+        ],
+        state.keys.jwks.clone(),
+    )
+}

@@ -107,6 +107,13 @@ pub fn user_not_before_key(prefix: &str, sub: &str) -> String {
     format!("{prefix}nbf:{{{sub}}}")
 }
 
+/// Store key that exists while the store holds everything the origin published. The
+/// origin writes it after (re)publishing every active session; its absence means the
+/// store restarted empty or was flushed, so an absent record proves nothing.
+pub fn store_epoch_key(prefix: &str) -> String {
+    format!("{prefix}epoch")
+}
+
 /// What the store says about the session of a verified token.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SessionState {

@@ -1,0 +1,310 @@
+//! Authentication endpoints and the extractors that authenticate requests.
+
+pub mod client;
+pub mod login;
+pub mod logout;
+pub mod oauth;
+pub mod refresh;
+pub mod register;
+pub mod sessions;
+pub mod tokens;
+pub mod validate;
+
+use std::net::{IpAddr, SocketAddr};
+
+use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use shared::proof::{self, Identity};
+use shared::session::{SessionRecord, SessionState};
+use shared::{Claims, VerifiedClaims};
+use uuid::Uuid;
+
+use crate::error::{ApiError, ApiResult};
+use crate::metrics::{METRICS, Outcome};
+use crate::state::AppState;
+use tokens::RefreshToken;
+
+/// The client's address and user agent, for throttling, session lists and
+/// security events.
+#[derive(Clone, Debug)]
+pub struct ClientInfo {
+    pub ip: IpAddr,
+    pub user_agent: Option<String>,
+}
+
+impl FromRequestParts<AppState> for ClientInfo {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip());
+        // A configured proxy header wins; an unparsable one is ignored, never trusted as text.
+        let forwarded = state
+            .config
+            .client_ip_header
+            .as_deref()
+            .and_then(|name| parts.headers.get(name))
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .and_then(|v| v.trim().parse().ok());
+        let ip = forwarded.or(peer).unwrap_or(IpAddr::from([0, 0, 0, 0]));
+        let user_agent = parts
+            .headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(|ua| ua.chars().filter(|c| !c.is_control()).take(256).collect());
+        Ok(ClientInfo { ip, user_agent })
+    }
+}
+
+/// A request authenticated by a bearer access token, verified here at the origin:
+/// signature and claims, then the session in Redis, or in Postgres when Redis cannot say.
+#[derive(Debug)]
+pub struct AuthSession {
+    pub claims: VerifiedClaims,
+    pub user_id: Uuid,
+    pub session_id: Uuid,
+    pub scope: String,
+}
+
+/// The bearer token of `Authorization` (RFC 6750 §2.1; the scheme is case-insensitive,
+/// RFC 7235 §2.1). Tokens in the query string or body are not accepted.
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+impl FromRequestParts<AppState> for AuthSession {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = bearer(&parts.headers).ok_or(ApiError::InvalidToken)?;
+        let outcome = |o: &'static str| {
+            METRICS
+                .validations
+                .get_or_create(&Outcome { outcome: o })
+                .inc()
+        };
+        let claims = state
+            .validator
+            .verify(token.as_bytes(), &state.keys.published, shared::unix_now())
+            .map_err(|e| {
+                tracing::debug!(reason = %e, "access token refused");
+                outcome("invalid_token");
+                ApiError::InvalidToken
+            })?;
+        let (Ok(user_id), Ok(session_id)) = (claims.subject().parse(), claims.session_id().parse())
+        else {
+            outcome("invalid_token");
+            return Err(ApiError::InvalidToken);
+        };
+        let scope = match state.store.session_state(&claims).await {
+            Ok(SessionState::Active(record)) => record.scope,
+            Ok(SessionState::Absent | SessionState::Revoked) => {
+                outcome("session_inactive");
+                return Err(ApiError::InvalidToken);
+            }
+            // The store cannot say: Postgres decides (never "active" by default).
+            Err(_) => match active_scope_in_db(state, user_id, session_id).await? {
+                Some(scope) => scope,
+                None => {
+                    outcome("session_inactive");
+                    return Err(ApiError::InvalidToken);
+                }
+            },
+        };
+        outcome("valid");
+        Ok(AuthSession {
+            claims,
+            user_id,
+            session_id,
+            scope,
+        })
+    }
+}
+
+/// The session's scope if it is active according to Postgres: not revoked, not past
+/// its absolute or idle lifetime, and not ended by logout-everywhere.
+pub async fn active_scope_in_db(
+    state: &AppState,
+    user_id: Uuid,
+    session_id: Uuid,
+) -> ApiResult<Option<String>> {
+    let scope = sqlx::query_scalar::<_, String>(
+        "select s.scope from session s join app_user u on u.id = s.user_id \
+         where s.id = $1 and s.user_id = $2 and s.revoked_at is null and s.expires_at > now() \
+           and s.last_used_at + make_interval(secs => $3) > now() \
+           and (u.sessions_not_before is null or s.created_at > u.sessions_not_before)",
+    )
+    .bind(session_id)
+    .bind(user_id)
+    .bind(state.config.session_idle_ttl_secs as f64)
+    .fetch_optional(&state.db)
+    .await?;
+    Ok(scope)
+}
+
+/// An identity forwarded by the edge, with a valid proof (DESIGN.md §4).
+#[derive(Debug)]
+pub struct EdgeIdentity {
+    pub user_id: Uuid,
+    pub session_id: Uuid,
+    pub scope: String,
+}
+
+impl EdgeIdentity {
+    /// Reads and checks the edge's identity headers; `None` if absent, malformed, or
+    /// the proof does not match this method, path and time.
+    pub fn from_parts(parts: &Parts, state: &AppState) -> Option<Self> {
+        let secret = state.edge_secret()?;
+        let get = |name: &str| parts.headers.get(name)?.to_str().ok();
+        let id = Identity {
+            user_id: get(proof::header::USER_ID)?,
+            session_id: get(proof::header::SESSION_ID)?,
+            scope: get(proof::header::SCOPE)?,
+            client_ip: get(proof::header::CLIENT_IP)?,
+        };
+        let time = get(proof::header::TIME)?.parse().ok()?;
+        let path = parts.uri.path();
+        proof::verify(
+            secret,
+            &id,
+            parts.method.as_str(),
+            path,
+            time,
+            get(proof::header::PROOF)?,
+            shared::unix_now(),
+        )
+        .ok()?;
+        Some(EdgeIdentity {
+            user_id: id.user_id.parse().ok()?,
+            session_id: id.session_id.parse().ok()?,
+            scope: id.scope.into(),
+        })
+    }
+}
+
+/// The body of every successful login and refresh (DESIGN.md §4).
+#[derive(Serialize)]
+pub struct TokenResponse {
+    pub access_token: String,
+    pub token_type: &'static str,
+    pub expires_in: u64,
+    pub refresh_token: String,
+    pub refresh_token_expires_in: u64,
+    pub scope: String,
+}
+
+impl IntoResponse for TokenResponse {
+    fn into_response(self) -> Response {
+        let mut response = axum::Json(self).into_response();
+        // RFC 6749 §5.1: token responses must not be cached.
+        response
+            .headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        response
+            .headers_mut()
+            .insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+        response
+    }
+}
+
+/// A session as the token endpoints need it.
+pub struct SessionInfo {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub scope: String,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// Signs a fresh access token for `session`, publishes the session record for the
+/// edge, and builds the response around `refresh`.
+pub async fn issue(
+    state: &AppState,
+    session: &SessionInfo,
+    refresh: &RefreshToken,
+) -> ApiResult<TokenResponse> {
+    let config = &state.config;
+    let now = shared::unix_now();
+    let exp = now + config.access_token_ttl_secs;
+    let claims = Claims {
+        iss: config.issuer.clone(),
+        aud: config.audience.clone(),
+        sub: session.user_id.to_string(),
+        sid: session.id.to_string(),
+        jti: base64::Engine::encode(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+            crate::random::bytes::<16>(),
+        ),
+        iat: now,
+        nbf: now,
+        exp,
+        scope: session.scope.clone(),
+    };
+    let access_token = state.keys.active.sign(&claims).map_err(|e| {
+        tracing::error!(error = %e, "could not sign an access token");
+        ApiError::Internal
+    })?;
+    publish(state, session, exp).await;
+    let session_left = (session.expires_at.timestamp() as u64).saturating_sub(now);
+    Ok(TokenResponse {
+        access_token,
+        token_type: "Bearer",
+        expires_in: config.access_token_ttl_secs,
+        refresh_token: refresh.encode(),
+        refresh_token_expires_in: session_left.min(config.session_idle_ttl_secs),
+        scope: session.scope.clone(),
+    })
+}
+
+/// Publishes the session's record with a TTL of the access token's remaining lifetime
+/// plus the buffer (DESIGN.md §3). A failure is logged, not fatal: the edge then finds
+/// no record or no store, and falls back to the origin, which reads Postgres.
+pub async fn publish(state: &AppState, session: &SessionInfo, access_exp: u64) {
+    let record = SessionRecord {
+        sub: session.user_id.to_string(),
+        scope: session.scope.clone(),
+        auth_time_ms: session.created_at.timestamp_millis() as u64,
+        exp: session.expires_at.timestamp() as u64,
+    };
+    let ttl =
+        access_exp.saturating_sub(shared::unix_now()) + state.config.session_record_buffer_secs;
+    if state
+        .store
+        .publish(&session.id.to_string(), &record, ttl)
+        .await
+        .is_err()
+    {
+        tracing::warn!(session_id = %session.id, "session record not published; the edge will fall back to the origin");
+    }
+}
+
+/// Removes session records, retrying in the background if Redis fails: Postgres has
+/// already revoked them, and the record must not outlive the retry budget.
+pub async fn unpublish(state: &AppState, user_id: Uuid, session_ids: Vec<String>) {
+    let sub = user_id.to_string();
+    if state.store.remove(&sub, &session_ids).await.is_ok() {
+        return;
+    }
+    let store = state.store.clone();
+    tokio::spawn(async move {
+        for _ in 0..120 {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            if store.remove(&sub, &session_ids).await.is_ok() {
+                return;
+            }
+        }
+        tracing::error!(user_id = %sub, "session records could not be removed from redis for 2 minutes");
+    });
+}

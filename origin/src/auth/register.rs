@@ -1,0 +1,85 @@
+//! `POST /auth/register`.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::error::{ApiError, ApiResult};
+use crate::extract::Json;
+use crate::password::check_password;
+use crate::state::AppState;
+
+#[derive(Deserialize)]
+pub struct Credentials {
+    pub username: String,
+    pub password: String,
+}
+
+/// Usernames: 3–64 characters of `a-z 0-9 . _ @ -`, compared case-insensitively (stored
+/// lowercased), so lookalike names cannot coexist.
+pub fn normalize_username(username: &str) -> Option<String> {
+    let name = username.to_ascii_lowercase();
+    let ok = (3..=64).contains(&name.len())
+        && name.bytes().all(|c| {
+            c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'.' | b'_' | b'@' | b'-')
+        });
+    ok.then_some(name)
+}
+
+pub async fn register(
+    State(state): State<AppState>,
+    Json(body): Json<Credentials>,
+) -> ApiResult<(StatusCode, axum::Json<Value>)> {
+    let username = normalize_username(&body.username).ok_or(ApiError::Unprocessable(
+        "username must be 3-64 characters of a-z, 0-9, '.', '_', '@', '-'",
+    ))?;
+    check_password(&body.password, &username)?;
+    let hash = state.hasher.hash(body.password).await?;
+    let user_id = Uuid::new_v4();
+    let inserted =
+        sqlx::query("insert into app_user (id, username, password_hash) values ($1, $2, $3)")
+            .bind(user_id)
+            .bind(&username)
+            .bind(hash)
+            .execute(&state.db)
+            .await;
+    match inserted {
+        Ok(_) => {
+            tracing::info!(%user_id, "user registered");
+            Ok((
+                StatusCode::CREATED,
+                axum::Json(json!({ "user_id": user_id })),
+            ))
+        }
+        Err(sqlx::Error::Database(e)) if e.constraint() == Some("app_user_username_key") => {
+            Err(ApiError::Conflict("username is taken"))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usernames_are_lowercased_and_limited_to_a_safe_charset() {
+        assert_eq!(
+            normalize_username("Alice.Smith@Example"),
+            Some("alice.smith@example".into())
+        );
+        for bad in [
+            "ab",
+            &"a".repeat(65),
+            "al ice",
+            "al'ice",
+            "ålice",
+            "a{b}",
+            "a;drop",
+        ] {
+            assert_eq!(normalize_username(bad), None, "{bad}");
+        }
+    }
+}

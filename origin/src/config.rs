@@ -1,0 +1,128 @@
+//! Configuration, read once at start from the environment (or flags).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+use secrecy::SecretString;
+
+/// The origin's settings. Every one is an environment variable; only `DATABASE_URL`
+/// and `REDIS_URL` are required.
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "origin",
+    about = "Issuer of access and refresh tokens (login, refresh, revocation, JWKS)"
+)]
+pub struct Config {
+    /// Postgres connection URL. Migrations are applied at start.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: SecretString,
+
+    /// Redis connection URL (session records, login throttling).
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+    pub redis_url: SecretString,
+
+    /// Prefix of every Redis key: namespaces deployments and tests.
+    #[arg(long, env = "REDIS_PREFIX", default_value = "auth:")]
+    pub redis_prefix: String,
+
+    /// Address to listen on.
+    #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:8080")]
+    pub listen_addr: SocketAddr,
+
+    /// `iss` of issued tokens.
+    #[arg(long, env = "ISSUER", default_value = "http://127.0.0.1:8080")]
+    pub issuer: String,
+
+    /// `aud` of issued tokens.
+    #[arg(long, env = "AUDIENCE", default_value = "api")]
+    pub audience: String,
+
+    /// Access-token lifetime, seconds (60–3600). Default 15 min.
+    #[arg(long, env = "ACCESS_TOKEN_TTL_SECS", default_value_t = 900, value_parser = clap::value_parser!(u64).range(60..=3600))]
+    pub access_token_ttl_secs: u64,
+
+    /// Absolute session lifetime, seconds. Default 30 days.
+    #[arg(long, env = "SESSION_TTL_SECS", default_value_t = 30 * 86_400, value_parser = clap::value_parser!(u64).range(60..))]
+    pub session_ttl_secs: u64,
+
+    /// Idle timeout: a session unused (no refresh) this long ends, seconds. Default 7 days.
+    #[arg(long, env = "SESSION_IDLE_TTL_SECS", default_value_t = 7 * 86_400, value_parser = clap::value_parser!(u64).range(60..))]
+    pub session_idle_ttl_secs: u64,
+
+    /// How long after a rotation the previous refresh token may be retried and get the
+    /// same new token back (lost responses, two tabs), seconds. 0 disables. Default 30.
+    #[arg(long, env = "REFRESH_GRACE_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=300))]
+    pub refresh_grace_secs: u64,
+
+    /// Extra seconds a session record outlives the access token in Redis. Default 60.
+    #[arg(long, env = "SESSION_RECORD_BUFFER_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(0..=600))]
+    pub session_record_buffer_secs: u64,
+
+    /// Clock-skew leeway when verifying access tokens, seconds (0–60). Default 30.
+    #[arg(long, env = "TOKEN_LEEWAY_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=60))]
+    pub token_leeway_secs: u64,
+
+    /// Scope given to new sessions.
+    #[arg(long, env = "DEFAULT_SCOPE", default_value = "profile")]
+    pub default_scope: String,
+
+    /// Directory of production signing keys: one file per key named `<kid>.key`, each
+    /// holding a 32-byte Ed25519 seed as base64url. Every key is published in the JWKS;
+    /// `ACTIVE_KID` signs. Unset: a development key is used (`SIGNING_KEY_FILE`).
+    #[arg(long, env = "SIGNING_KEYS_DIR")]
+    pub signing_keys_dir: Option<PathBuf>,
+
+    /// Key id that signs, with `SIGNING_KEYS_DIR`.
+    #[arg(long, env = "ACTIVE_KID")]
+    pub active_kid: Option<String>,
+
+    /// Development signing key, generated on first start and kept here.
+    #[arg(
+        long,
+        env = "SIGNING_KEY_FILE",
+        default_value = ".dev-keys/signing.key"
+    )]
+    pub signing_key_file: PathBuf,
+
+    /// Secret shared with the edge: keys the identity proof (HMAC) and authenticates the
+    /// edge on `/internal/*`. At least 32 bytes. Unset: edge identity is not accepted.
+    #[arg(long, env = "EDGE_SECRET", hide_env_values = true)]
+    pub edge_secret: Option<SecretString>,
+
+    /// Client id for `/auth/revoke` and `/auth/introspect` (HTTP Basic). Unset: those
+    /// endpoints refuse every client.
+    #[arg(long, env = "CLIENT_ID")]
+    pub client_id: Option<String>,
+
+    /// Client secret for `CLIENT_ID`.
+    #[arg(long, env = "CLIENT_SECRET", hide_env_values = true)]
+    pub client_secret: Option<SecretString>,
+
+    /// Argon2id memory, KiB (OWASP minimum 19456 = 19 MiB).
+    #[arg(long, env = "ARGON2_MEMORY_KIB", default_value_t = 19_456, value_parser = clap::value_parser!(u32).range(19_456..))]
+    pub argon2_memory_kib: u32,
+
+    /// Argon2id passes (at least 2).
+    #[arg(long, env = "ARGON2_ITERATIONS", default_value_t = 2, value_parser = clap::value_parser!(u32).range(2..))]
+    pub argon2_iterations: u32,
+
+    /// Password hashes computed at once; bounds CPU and memory (each takes ARGON2_MEMORY_KIB).
+    /// Default: the number of CPUs.
+    #[arg(long, env = "HASH_CONCURRENCY")]
+    pub hash_concurrency: Option<usize>,
+
+    /// Header holding the client's address, set by a trusted proxy (e.g. `cf-connecting-ip`).
+    /// Only set it when clients cannot reach the origin except through that proxy.
+    /// Unset: the TCP peer address.
+    #[arg(long, env = "CLIENT_IP_HEADER")]
+    pub client_ip_header: Option<String>,
+
+    /// Requests per second the edge's degraded-mode check (`/internal/validate`) may make.
+    #[arg(long, env = "FALLBACK_RATE_PER_SEC", default_value_t = 200)]
+    pub fallback_rate_per_sec: u32,
+
+    /// `json` or `text`.
+    #[arg(long, env = "LOG_FORMAT", default_value = "text")]
+    pub log_format: String,
+}

@@ -1,0 +1,150 @@
+//! The HTTP layer's one error type: every failure becomes a JSON body of the form
+//! `{"error","error_description"}` (RFC 6749 §5.2) here, and nowhere else.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+#[derive(Debug)]
+pub enum ApiError {
+    /// 400: the request is malformed (RFC 6749 §5.2 `invalid_request`).
+    BadRequest(&'static str),
+    /// 413: the body is over the limit.
+    TooLarge,
+    /// 415: not `application/json` (or form where a form is expected).
+    UnsupportedMediaType(&'static str),
+    /// 422: well-formed but unacceptable (weak password, invalid username).
+    Unprocessable(&'static str),
+    /// 401 `invalid_grant`: one answer for unknown user, wrong password, and any bad refresh token.
+    InvalidGrant,
+    /// 401 with `WWW-Authenticate: Bearer error="invalid_token"` (RFC 6750 §3.1).
+    InvalidToken,
+    /// 401 `invalid_client` with `WWW-Authenticate: Basic` (RFC 6749 §5.2).
+    InvalidClient,
+    /// 404.
+    NotFound,
+    /// 409: the username is taken.
+    Conflict(&'static str),
+    /// 429 with `Retry-After` seconds.
+    TooManyRequests { retry_after: u64 },
+    /// 503 with `Retry-After`: a dependency is down; says which, never why in detail.
+    Unavailable {
+        what: &'static str,
+        retry_after: u64,
+    },
+    /// 500: a bug or an unexpected failure. The detail is logged, never sent.
+    Internal,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code, description) = match self {
+            ApiError::BadRequest(d) => (StatusCode::BAD_REQUEST, "invalid_request", d),
+            ApiError::TooLarge => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "invalid_request",
+                "request body too large",
+            ),
+            ApiError::UnsupportedMediaType(d) => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "invalid_request", d)
+            }
+            ApiError::Unprocessable(d) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", d),
+            ApiError::InvalidGrant => (
+                StatusCode::UNAUTHORIZED,
+                "invalid_grant",
+                "the credentials or refresh token are not valid",
+            ),
+            ApiError::InvalidToken => (
+                StatusCode::UNAUTHORIZED,
+                "invalid_token",
+                "the access token is not valid",
+            ),
+            ApiError::InvalidClient => (
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                "client authentication failed",
+            ),
+            ApiError::NotFound => (StatusCode::NOT_FOUND, "not_found", "no such resource"),
+            ApiError::Conflict(d) => (StatusCode::CONFLICT, "conflict", d),
+            ApiError::TooManyRequests { .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "slow_down",
+                "too many attempts; retry later",
+            ),
+            ApiError::Unavailable { what, .. } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                what,
+            ),
+            ApiError::Internal => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                "internal error",
+            ),
+        };
+        let mut response = (
+            status,
+            axum::Json(json!({"error": code, "error_description": description})),
+        )
+            .into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        match self {
+            ApiError::InvalidToken => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(r#"Bearer error="invalid_token", error_description="the access token is not valid""#),
+                );
+            }
+            ApiError::InvalidClient => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(r#"Basic realm="token""#),
+                );
+            }
+            ApiError::TooManyRequests { retry_after }
+            | ApiError::Unavailable { retry_after, .. } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after.max(1)));
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+/// Postgres failures: an outage is a 503 the client may retry; anything else is a bug.
+impl From<sqlx::Error> for ApiError {
+    fn from(error: sqlx::Error) -> Self {
+        crate::metrics::METRICS.db_errors.inc();
+        match error {
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::Io(_)
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Tls(_) => {
+                tracing::warn!(%error, "postgres unavailable");
+                ApiError::Unavailable {
+                    what: "database unavailable",
+                    retry_after: 5,
+                }
+            }
+            sqlx::Error::Database(ref db)
+                if db
+                    .code()
+                    .is_some_and(|c| c.starts_with("08") || c.starts_with("57P")) =>
+            {
+                // Class 08 (connection exception) and 57P (operator intervention: shutdown).
+                tracing::warn!(%error, "postgres unavailable");
+                ApiError::Unavailable {
+                    what: "database unavailable",
+                    retry_after: 5,
+                }
+            }
+            error => {
+                tracing::error!(%error, "postgres error");
+                ApiError::Internal
+            }
+        }
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;

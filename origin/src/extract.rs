@@ -1,0 +1,54 @@
+//! Request extractors whose rejections use the JSON error shape.
+
+use axum::extract::rejection::{FormRejection, JsonRejection};
+use axum::extract::{FromRequest, Request};
+use axum::http::StatusCode;
+use serde::de::DeserializeOwned;
+
+use crate::error::ApiError;
+
+/// `axum::Json`, with every rejection turned into an [`ApiError`].
+pub struct Json<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(value)) => Ok(Json(value)),
+            Err(JsonRejection::MissingJsonContentType(_)) => {
+                Err(ApiError::UnsupportedMediaType("expected application/json"))
+            }
+            Err(JsonRejection::JsonDataError(_)) => {
+                Err(ApiError::BadRequest("missing or invalid field"))
+            }
+            Err(JsonRejection::JsonSyntaxError(_)) => {
+                Err(ApiError::BadRequest("body is not valid JSON"))
+            }
+            Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                Err(ApiError::TooLarge)
+            }
+            Err(_) => Err(ApiError::BadRequest("unreadable body")),
+        }
+    }
+}
+
+/// `axum::Form`, with every rejection turned into an [`ApiError`].
+pub struct Form<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Form<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        match axum::Form::<T>::from_request(req, state).await {
+            Ok(axum::Form(value)) => Ok(Form(value)),
+            Err(FormRejection::InvalidFormContentType(_)) => Err(ApiError::UnsupportedMediaType(
+                "expected application/x-www-form-urlencoded",
+            )),
+            Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                Err(ApiError::TooLarge)
+            }
+            Err(_) => Err(ApiError::BadRequest("missing or invalid field")),
+        }
+    }
+}

@@ -1,0 +1,124 @@
+//! Starts the origin: configuration, logging, migrations, keys, then serve until
+//! SIGTERM or Ctrl-C, finishing in-flight requests.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use origin::config::Config;
+use origin::keys::Keys;
+use origin::password::Hasher;
+use origin::state::{AppState, RateLimit};
+use origin::store::Store;
+use origin::throttle::Throttle;
+use secrecy::ExposeSecret;
+use sqlx::postgres::PgPoolOptions;
+
+#[tokio::main]
+async fn main() {
+    let config = Config::parse();
+    init_logging(&config.log_format);
+    if let Err(error) = run(config).await {
+        tracing::error!(%error, "origin stopped");
+        eprintln!("error: {error}");
+        std::process::exit(1);
+    }
+}
+
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,sqlx=warn,tower_http=info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init()
+    } else {
+        builder.init()
+    }
+}
+
+async fn run(config: Config) -> Result<(), String> {
+    if config
+        .edge_secret
+        .as_ref()
+        .is_some_and(|s| s.expose_secret().len() < 32)
+    {
+        return Err("EDGE_SECRET must be at least 32 bytes".into());
+    }
+    let keys = Keys::load(&config)?;
+    let db = connect_db(config.database_url.expose_secret()).await?;
+    origin::MIGRATOR
+        .run(&db)
+        .await
+        .map_err(|e| format!("applying migrations: {e}"))?;
+    let store = Store::new(
+        config.redis_url.expose_secret(),
+        config.redis_prefix.clone(),
+    )?;
+    let concurrency = config
+        .hash_concurrency
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    let hasher = Hasher::new(
+        config.argon2_memory_kib,
+        config.argon2_iterations,
+        concurrency,
+    )?;
+    let validator = shared::Validator::new(config.issuer.clone(), config.audience.clone())
+        .with_limits(shared::Limits {
+            leeway: config.token_leeway_secs,
+            ..Default::default()
+        });
+    let state = AppState {
+        db,
+        throttle: Arc::new(Throttle::new(store.clone())),
+        store,
+        keys: Arc::new(keys),
+        validator: Arc::new(validator),
+        hasher,
+        fallback_limit: Arc::new(RateLimit::new(config.fallback_rate_per_sec)),
+        usernames: Default::default(),
+        config: Arc::new(config),
+    };
+
+    let listener = tokio::net::TcpListener::bind(state.config.listen_addr)
+        .await
+        .map_err(|e| format!("listening on {}: {e}", state.config.listen_addr))?;
+    tokio::spawn(origin::tasks::run(state.clone()));
+    tracing::info!(addr = %state.config.listen_addr, issuer = %state.config.issuer, "origin listening");
+    let app = origin::app(state).into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .map_err(|e| e.to_string())?;
+    tracing::info!("origin stopped gracefully");
+    Ok(())
+}
+
+/// Waits up to 30 s for Postgres at start (containers often start together).
+async fn connect_db(url: &str) -> Result<sqlx::PgPool, String> {
+    let options = PgPoolOptions::new()
+        .max_connections(16)
+        .acquire_timeout(Duration::from_secs(3));
+    let mut last = String::new();
+    for _ in 0..30 {
+        match options.clone().connect(url).await {
+            Ok(pool) => return Ok(pool),
+            Err(e) => last = e.to_string(),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    Err(format!("connecting to postgres (DATABASE_URL): {last}"))
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term.recv() => {},
+    }
+    tracing::info!("shutdown requested; finishing in-flight requests");
+}

@@ -1,0 +1,207 @@
+//! The Redis side: session records the edge reads (DESIGN.md §3), the user
+//! "not before" of logout-everywhere, and flush detection.
+//!
+//! Every call has a short time budget and reports failure instead of waiting:
+//! callers decide what an unavailable store means (never "session active").
+
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use shared::VerifiedClaims;
+use shared::session::{
+    SessionRecord, SessionState, session_key, store_epoch_key, user_not_before_key,
+};
+use tokio::sync::OnceCell;
+
+use crate::metrics::METRICS;
+
+/// Budget of one Redis operation, connection included.
+const TIMEOUT: Duration = Duration::from_millis(500);
+
+#[derive(Debug)]
+pub struct StoreError;
+
+#[derive(Clone)]
+pub struct Store {
+    client: redis::Client,
+    conn: std::sync::Arc<OnceCell<ConnectionManager>>,
+    prefix: String,
+}
+
+impl Store {
+    pub fn new(url: &str, prefix: String) -> Result<Self, String> {
+        if !shared::session::is_key_prefix(&prefix) {
+            return Err("REDIS_PREFIX must be printable ASCII without braces".into());
+        }
+        let client = redis::Client::open(url).map_err(|e| format!("REDIS_URL: {e}"))?;
+        Ok(Store {
+            client,
+            conn: Default::default(),
+            prefix,
+        })
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The shared connection, made on first use (so the origin starts while Redis is
+    /// down) and re-established by the manager after failures.
+    async fn conn(&self) -> Result<ConnectionManager, StoreError> {
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(TIMEOUT)
+            .set_response_timeout(TIMEOUT)
+            .set_number_of_retries(1);
+        let init = self
+            .conn
+            .get_or_try_init(|| ConnectionManager::new_with_config(self.client.clone(), config));
+        match tokio::time::timeout(TIMEOUT, init).await {
+            Ok(Ok(conn)) => Ok(conn.clone()),
+            _ => Err(self.failed("connect")),
+        }
+    }
+
+    fn failed(&self, what: &'static str) -> StoreError {
+        METRICS.redis_errors.inc();
+        tracing::warn!(operation = what, "redis unavailable");
+        StoreError
+    }
+
+    /// Runs one command within the time budget.
+    pub async fn run<T: redis::FromRedisValue>(
+        &self,
+        what: &'static str,
+        cmd: &redis::Cmd,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.conn().await?;
+        match tokio::time::timeout(TIMEOUT, cmd.query_async(&mut conn)).await {
+            Ok(Ok(value)) => Ok(value),
+            _ => Err(self.failed(what)),
+        }
+    }
+
+    pub async fn run_pipe<T: redis::FromRedisValue>(
+        &self,
+        what: &'static str,
+        pipe: &redis::Pipeline,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.conn().await?;
+        match tokio::time::timeout(TIMEOUT, pipe.query_async(&mut conn)).await {
+            Ok(Ok(value)) => Ok(value),
+            _ => Err(self.failed(what)),
+        }
+    }
+
+    pub async fn run_script<T: redis::FromRedisValue>(
+        &self,
+        what: &'static str,
+        invocation: redis::ScriptInvocation<'_>,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.conn().await?;
+        match tokio::time::timeout(TIMEOUT, invocation.invoke_async(&mut conn)).await {
+            Ok(Ok(value)) => Ok(value),
+            _ => Err(self.failed(what)),
+        }
+    }
+
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.run::<String>("ping", &redis::cmd("PING"))
+            .await
+            .map(drop)
+    }
+
+    /// Publishes (or renews) a session's record, living `ttl_secs`.
+    pub async fn publish(
+        &self,
+        sid: &str,
+        record: &SessionRecord,
+        ttl_secs: u64,
+    ) -> Result<(), StoreError> {
+        let key = session_key(&self.prefix, &record.sub, sid);
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(key)
+            .arg(record.encode())
+            .arg("EX")
+            .arg(ttl_secs.max(1));
+        self.run::<()>("publish session", &cmd).await
+    }
+
+    /// Removes session records: the edge refuses their tokens from the next request on.
+    pub async fn remove(&self, sub: &str, sids: &[String]) -> Result<(), StoreError> {
+        if sids.is_empty() {
+            return Ok(());
+        }
+        let mut cmd = redis::cmd("DEL");
+        for sid in sids {
+            cmd.arg(session_key(&self.prefix, sub, sid));
+        }
+        self.run::<()>("remove sessions", &cmd).await
+    }
+
+    /// Logout-everywhere at the edge: the user's "not before" (kept as long as any token
+    /// from before it could live) and the removal of the known records, atomically.
+    pub async fn logout_all(
+        &self,
+        sub: &str,
+        sids: &[String],
+        not_before_ms: u64,
+        ttl_secs: u64,
+    ) -> Result<(), StoreError> {
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        pipe.cmd("SET")
+            .arg(user_not_before_key(&self.prefix, sub))
+            .arg(not_before_ms)
+            .arg("EX")
+            .arg(ttl_secs)
+            .ignore();
+        for sid in sids {
+            pipe.cmd("DEL")
+                .arg(session_key(&self.prefix, sub, sid))
+                .ignore();
+        }
+        self.run_pipe::<()>("logout all", &pipe).await
+    }
+
+    /// What the store says about a verified token's session, in one round trip. A
+    /// store that lost its data (no epoch key) knows nothing: that is an error too.
+    pub async fn session_state(&self, claims: &VerifiedClaims) -> Result<SessionState, StoreError> {
+        let mut cmd = redis::cmd("MGET");
+        cmd.arg(session_key(
+            &self.prefix,
+            claims.subject(),
+            claims.session_id(),
+        ))
+        .arg(user_not_before_key(&self.prefix, claims.subject()))
+        .arg(store_epoch_key(&self.prefix));
+        type Value = Option<Vec<u8>>;
+        let (record, not_before, epoch): (Value, Value, Value) =
+            self.run("read session", &cmd).await?;
+        if epoch.is_none() {
+            return Err(StoreError);
+        }
+        shared::session::session_state(
+            claims,
+            record.as_deref(),
+            not_before.as_deref(),
+            shared::unix_now(),
+        )
+        .map_err(|_| {
+            tracing::error!("undecodable session record in redis");
+            StoreError
+        })
+    }
+
+    pub async fn has_epoch(&self) -> Result<bool, StoreError> {
+        let mut cmd = redis::cmd("EXISTS");
+        cmd.arg(store_epoch_key(&self.prefix));
+        self.run::<bool>("epoch check", &cmd).await
+    }
+
+    pub async fn set_epoch(&self) -> Result<(), StoreError> {
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(store_epoch_key(&self.prefix))
+            .arg(shared::unix_now());
+        self.run::<()>("epoch set", &cmd).await
+    }
+}
