@@ -7,15 +7,20 @@ use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
 
-/// `axum::Json`, with every rejection turned into an [`ApiError`].
+/// `axum::Json`, with every rejection turned into an [`ApiError`]. The body must be
+/// a JSON object: serde would otherwise also fill a struct from an array of its
+/// fields in order, a second syntax nobody documents or tests.
 pub struct Json<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(value)) => Ok(Json(value)),
+        match axum::Json::<serde_json::Value>::from_request(req, state).await {
+            Ok(axum::Json(value)) if value.is_object() => serde_json::from_value(value)
+                .map(Json)
+                .map_err(|_| ApiError::BadRequest("missing or invalid field")),
+            Ok(_) => Err(ApiError::BadRequest("body must be a JSON object")),
             Err(JsonRejection::MissingJsonContentType(_)) => {
                 Err(ApiError::UnsupportedMediaType("expected application/json"))
             }

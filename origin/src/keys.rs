@@ -123,3 +123,78 @@ fn write_private(path: &Path, contents: &[u8]) -> Result<(), String> {
     file.write_all(contents)
         .map_err(|e| format!("writing {}: {e}", path.display()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir_with(keys: &[(&str, [u8; 32])]) -> std::path::PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("origin-keys-{}-{}", std::process::id(), keys.len()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        for (kid, seed) in keys {
+            std::fs::write(dir.join(format!("{kid}.key")), URL_SAFE_NO_PAD.encode(seed)).unwrap();
+        }
+        std::fs::write(dir.join("README"), "not a key").unwrap();
+        dir
+    }
+
+    #[test]
+    fn every_key_in_the_directory_is_published_and_the_active_one_signs() {
+        let dir = dir_with(&[("2026-10", [1; 32]), ("2026-11", [2; 32])]);
+        let keys = Keys::from_dir(&dir, Some("2026-11")).unwrap();
+        assert_eq!(keys.active.kid().as_str(), "2026-11");
+        assert_eq!(
+            keys.active.verifying_key(),
+            SigningKey::from_seed([2; 32])
+                .with_kid(KeyId::new("2026-11").unwrap())
+                .verifying_key()
+        );
+        let published: Vec<_> = keys
+            .published
+            .iter()
+            .map(|k| k.kid().as_str().to_string())
+            .collect();
+        assert_eq!(published, ["2026-11", "2026-10"]);
+        assert_eq!(
+            KeySet::from_jwks(keys.jwks.as_bytes()).unwrap(),
+            keys.published
+        );
+    }
+
+    #[test]
+    fn a_missing_active_key_or_a_bad_file_is_a_clear_error() {
+        let dir = dir_with(&[("a", [1; 32])]);
+        assert!(
+            Keys::from_dir(&dir, Some("b"))
+                .unwrap_err()
+                .contains("ACTIVE_KID b")
+        );
+        assert!(
+            Keys::from_dir(&dir, None)
+                .unwrap_err()
+                .contains("ACTIVE_KID is required")
+        );
+        std::fs::write(dir.join("bad.key"), "not base64!").unwrap();
+        assert!(
+            Keys::from_dir(&dir, Some("a"))
+                .unwrap_err()
+                .contains("not base64url")
+        );
+    }
+
+    #[test]
+    fn the_development_key_is_created_once_private_and_reused() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let path =
+            std::env::temp_dir().join(format!("origin-dev-key-{}/signing.key", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let first = dev_key(&path).unwrap();
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert_eq!(dev_key(&path).unwrap().kid(), first.kid());
+    }
+}

@@ -1,8 +1,11 @@
 //! `POST /auth/refresh`: rotation with reuse detection (DESIGN.md §2).
 //!
-//! Every refresh of a session runs under a row lock on that session, taken in
-//! Postgres, so concurrent refreshes — on one origin or several — queue and exactly
-//! one rotates. The others then find the token they sent already rotated; inside the
+//! Every refresh of a session runs under row locks on that session and on the
+//! presented token, taken in Postgres, so concurrent refreshes — on one origin or
+//! several — queue and exactly one rotates. Both rows are locked because, at READ
+//! COMMITTED, a waiter re-reads only the rows it locked: locking the session alone
+//! let waiters see the token as still current and rotate it again. The rotation is
+//! also a conditional update that must claim the token, as a second line. The others then find the token they sent already rotated; inside the
 //! grace window they get the successor the winner created (unsealed with the token
 //! they hold), so a lost response or two tabs never look like theft. Any other use
 //! of a rotated token revokes the session, commits that, and only then answers 401.
@@ -75,7 +78,7 @@ async fn rotate(
                 s.user_id, s.scope, s.created_at, s.last_used_at, s.expires_at, s.revoked_at \
          from refresh_token t join session s on s.id = t.session_id \
          where t.token_hash = $1 \
-         for update of s",
+         for update of s, t",
     )
     .bind(presented.hash())
     .fetch_optional(&mut *tx)
@@ -106,8 +109,9 @@ async fn rotate(
             .bind(successor.hash())
             .execute(&mut *tx)
             .await?;
-        sqlx::query(
-            "update refresh_token set rotated_at = $2, rotated_ip = $3, rotated_user_agent = $4, child_sealed = $5 where id = $1",
+        let claimed = sqlx::query(
+            "update refresh_token set rotated_at = $2, rotated_ip = $3, rotated_user_agent = $4, child_sealed = $5 \
+             where id = $1 and rotated_at is null",
         )
         .bind(row.token_id)
         .bind(now)
@@ -115,7 +119,16 @@ async fn rotate(
         .bind(&client.user_agent)
         .bind(presented.seal(&successor))
         .execute(&mut *tx)
-        .await?;
+        .await?
+        .rows_affected();
+        if claimed != 1 {
+            // Unreachable with the locks above; if it ever happens, nothing is written.
+            tracing::error!(session_id = %row.session_id, "refresh token rotated concurrently despite the row lock");
+            return Err(ApiError::Unavailable {
+                what: "concurrent refresh; retry",
+                retry_after: 1,
+            });
+        }
         sqlx::query("update session set last_used_at = $2, access_expires_at = $2 + make_interval(secs => $3) where id = $1")
             .bind(row.session_id)
             .bind(now)

@@ -1,0 +1,564 @@
+//! The harness of the origin's HTTP tests: each test gets a fresh Postgres database,
+//! its own Redis key prefix and the real `origin` binary on a free port, and talks to
+//! it over HTTP as a client would.
+//!
+//! ```ignore
+//! let origin = Origin::start().await;
+//! let user = origin.new_user().await;
+//! let tokens = origin.login_ok(&user.username, &user.password).await;
+//! assert_eq!(origin.me(tokens.access()).await.status(), 200);
+//! ```
+//!
+//! Postgres and Redis come from `TEST_DATABASE_URL` and `TEST_REDIS_URL` (defaults:
+//! the local servers on their standard ports); `scripts/services.sh` starts throwaway
+//! ones when none is running.
+
+#![allow(dead_code)] // each test binary uses its own part of the harness
+
+use std::io::Read;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use reqwest::{Response, StatusCode};
+use serde_json::{Value, json};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions as _, Connection as _, PgPool};
+
+pub const CLIENT_ID: &str = "test-client";
+pub const CLIENT_SECRET: &str = "test-secret-0123456789";
+pub const ISSUER: &str = "https://auth.test";
+pub const AUDIENCE: &str = "api.test";
+
+pub fn database_url() -> String {
+    std::env::var("TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+pub fn redis_url() -> String {
+    std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// 32 random hex digits (128 bits), for names that must not collide across tests.
+pub fn random_hex() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind 127.0.0.1:0")
+        .port()
+}
+
+/// A database created for one test and dropped when the test ends, also on panic.
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+    admin: PgConnectOptions,
+}
+
+impl TestDb {
+    pub async fn create() -> TestDb {
+        let admin_url = database_url();
+        let admin: PgConnectOptions = admin_url.parse().unwrap_or_else(|e| {
+            panic!("TEST_DATABASE_URL {admin_url:?} is not a Postgres URL: {e}")
+        });
+        let name = format!("origin_test_{}", random_hex());
+        let mut conn = admin.connect().await.unwrap_or_else(|e| {
+            panic!(
+                "cannot connect to Postgres at {admin_url} ({e}); start one, or run the tests \
+                 through scripts/test, which starts a throwaway one"
+            )
+        });
+        sqlx::query(&format!(r#"create database "{name}""#))
+            .execute(&mut conn)
+            .await
+            .expect("create database");
+        conn.close().await.ok();
+        let url = admin.clone().database(&name).to_url_lossy().to_string();
+        TestDb { name, url, admin }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        // Drop may run inside the test's runtime, which cannot be blocked on: the
+        // database is dropped from a thread with its own small runtime. Best effort.
+        let admin = self.admin.clone();
+        let name = self.name.clone();
+        let dropper = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async move {
+                if let Ok(mut conn) = admin.connect().await {
+                    let _ =
+                        sqlx::query(&format!(r#"drop database if exists "{name}" with (force)"#))
+                            .execute(&mut conn)
+                            .await;
+                    let _ = conn.close().await;
+                }
+            });
+        });
+        let _ = dropper.join();
+    }
+}
+
+/// The origin's stdout and stderr, as captured so far.
+#[derive(Clone, Default)]
+pub struct Log(Arc<Mutex<Vec<u8>>>);
+
+impl Log {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+
+    fn capture(&self, mut from: impl Read + Send + 'static) {
+        let sink = self.0.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 8192];
+            while let Ok(n) = from.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        });
+    }
+}
+
+/// A temporary directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    fn new() -> TempDir {
+        let path = std::env::temp_dir().join(format!("origin-test-{}", random_hex()));
+        std::fs::create_dir_all(&path).expect("create temp dir");
+        TempDir(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A running origin binary with its own database, Redis prefix and log.
+pub struct Origin {
+    child: Option<Child>,
+    env: Vec<(String, String)>,
+    pub base: String,
+    pub prefix: String,
+    pub log: Log,
+    pub http: reqwest::Client,
+    pub pg: PgPool,
+    pub redis: redis::aio::MultiplexedConnection,
+    // Field order is drop order: the pool closes before the database is dropped.
+    pub db: TestDb,
+    pub dir: TempDir,
+}
+
+/// A registered user.
+pub struct User {
+    pub user_id: String,
+    pub username: String,
+    pub password: String,
+}
+
+/// A token response (`TokenResponse` of DESIGN.md §4), kept as JSON.
+#[derive(Clone, Debug)]
+pub struct Tokens(pub Value);
+
+impl Tokens {
+    pub fn access(&self) -> &str {
+        self.0["access_token"]
+            .as_str()
+            .expect("access_token is a string")
+    }
+    pub fn refresh(&self) -> &str {
+        self.0["refresh_token"]
+            .as_str()
+            .expect("refresh_token is a string")
+    }
+    /// The access token's claims, read without verification (the tests only need ids).
+    pub fn claims(&self) -> Value {
+        jwt_part(self.access(), 1)
+    }
+    pub fn sub(&self) -> String {
+        self.claims()["sub"].as_str().expect("sub").to_owned()
+    }
+    pub fn sid(&self) -> String {
+        self.claims()["sid"].as_str().expect("sid").to_owned()
+    }
+}
+
+/// Segment `index` (0 header, 1 payload) of a JWS compact token, decoded as JSON.
+pub fn jwt_part(token: &str, index: usize) -> Value {
+    let segment = token.split('.').nth(index).expect("a JWS compact token");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(segment)
+        .expect("base64url segment");
+    serde_json::from_slice(&bytes).expect("JSON segment")
+}
+
+/// A response's status, headers and body, read once.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    pub async fn from(response: Response) -> Reply {
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response.bytes().await.expect("read body").to_vec();
+        Reply {
+            status,
+            headers,
+            body,
+        }
+    }
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "body is not JSON ({e}), status {}: {}",
+                self.status,
+                self.text()
+            )
+        })
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+    /// The `error` code of an error body, if the body is one.
+    pub fn error_code(&self) -> Option<String> {
+        serde_json::from_slice::<Value>(&self.body)
+            .ok()?
+            .get("error")?
+            .as_str()
+            .map(str::to_owned)
+    }
+}
+
+impl Origin {
+    pub async fn start() -> Origin {
+        Origin::start_with(&[]).await
+    }
+
+    /// Starts the origin with the standard test environment, `extra` added or overriding.
+    pub async fn start_with(extra: &[(&str, &str)]) -> Origin {
+        let db = TestDb::create().await;
+        let dir = TempDir::new();
+        let prefix = format!("t{}:", random_hex());
+        let mut env: Vec<(String, String)> = vec![
+            ("DATABASE_URL".into(), db.url.clone()),
+            ("REDIS_URL".into(), redis_url()),
+            ("REDIS_PREFIX".into(), prefix.clone()),
+            (
+                "SIGNING_KEY_FILE".into(),
+                dir.0.join("dev.key").display().to_string(),
+            ),
+            (
+                "EDGE_SECRET".into(),
+                format!("{}{}", random_hex(), random_hex()),
+            ),
+            ("CLIENT_ID".into(), CLIENT_ID.into()),
+            ("CLIENT_SECRET".into(), CLIENT_SECRET.into()),
+            ("ISSUER".into(), ISSUER.into()),
+            ("AUDIENCE".into(), AUDIENCE.into()),
+            ("LOG_FORMAT".into(), "json".into()),
+            ("RUST_LOG".into(), "info".into()),
+        ];
+        for (k, v) in extra {
+            env.retain(|(name, _)| name != k);
+            env.push(((*k).into(), (*v).into()));
+        }
+        let pg = PgPoolOptions::new()
+            .max_connections(4)
+            .connect(&db.url)
+            .await
+            .expect("connect to the test database");
+        let redis = redis::Client::open(redis_url())
+            .expect("TEST_REDIS_URL")
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap_or_else(|e| panic!("cannot connect to Redis at {} ({e})", redis_url()));
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap();
+        let mut origin = Origin {
+            child: None,
+            env,
+            base: String::new(),
+            prefix,
+            log: Log::default(),
+            http,
+            pg,
+            redis,
+            db,
+            dir,
+        };
+        origin.spawn().await;
+        origin
+    }
+
+    async fn spawn(&mut self) {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let mut command = Command::new(env!("CARGO_BIN_EXE_origin"));
+        command
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env("LISTEN_ADDR", &addr)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().expect("spawn the origin binary");
+        self.log.capture(child.stdout.take().unwrap());
+        self.log.capture(child.stderr.take().unwrap());
+        self.base = format!("http://{addr}");
+        self.child = Some(child);
+        self.wait_healthy().await;
+    }
+
+    async fn wait_healthy(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                std::thread::sleep(Duration::from_millis(100)); // let the log readers drain
+                panic!(
+                    "the origin exited during start-up ({status}); its log:\n{}",
+                    self.log.text()
+                );
+            }
+            let health = self
+                .http
+                .get(self.url("/healthz"))
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await;
+            if matches!(&health, Ok(r) if r.status() == StatusCode::OK) {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "the origin did not answer GET /healthz with 200 within 30 s (last: {health:?}); its log:\n{}",
+                    self.log.text()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Kills the origin with SIGKILL (no graceful shutdown) and starts it again on the
+    /// same database and Redis prefix. The log keeps both runs.
+    pub async fn kill_and_restart(&mut self) {
+        self.kill();
+        self.spawn().await;
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill(); // SIGKILL on Unix
+            let _ = child.wait();
+        }
+    }
+
+    /// The value the origin was started with for environment variable `name`.
+    pub fn env(&self, name: &str) -> Option<&str> {
+        self.env
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    // ---- requests --------------------------------------------------------------
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> Reply {
+        Reply::from(
+            self.http
+                .post(self.url(path))
+                .json(body)
+                .send()
+                .await
+                .expect("POST"),
+        )
+        .await
+    }
+
+    pub async fn register(&self, username: &str, password: &str) -> Reply {
+        self.post_json(
+            "/auth/register",
+            &json!({"username": username, "password": password}),
+        )
+        .await
+    }
+
+    pub async fn login(&self, username: &str, password: &str) -> Reply {
+        self.post_json(
+            "/auth/login",
+            &json!({"username": username, "password": password}),
+        )
+        .await
+    }
+
+    pub async fn refresh(&self, refresh_token: &str) -> Reply {
+        self.post_json("/auth/refresh", &json!({"refresh_token": refresh_token}))
+            .await
+    }
+
+    pub async fn me(&self, access_token: &str) -> Reply {
+        self.bearer(reqwest::Method::GET, "/api/me", access_token)
+            .await
+    }
+
+    pub async fn bearer(&self, method: reqwest::Method, path: &str, access_token: &str) -> Reply {
+        Reply::from(
+            self.http
+                .request(method, self.url(path))
+                .bearer_auth(access_token)
+                .send()
+                .await
+                .expect("request"),
+        )
+        .await
+    }
+
+    /// A form POST to `/auth/revoke` or `/auth/introspect`, with the test client's
+    /// credentials when `client` is `Some`.
+    pub async fn client_form(
+        &self,
+        path: &str,
+        client: Option<(&str, &str)>,
+        form: &[(&str, &str)],
+    ) -> Reply {
+        let mut request = self.http.post(self.url(path)).form(form);
+        if let Some((id, secret)) = client {
+            request = request.basic_auth(id, Some(secret));
+        }
+        Reply::from(request.send().await.expect("POST form")).await
+    }
+
+    /// Registers a fresh user with a random name and password.
+    pub async fn new_user(&self) -> User {
+        let username = format!("user.{}", &random_hex()[..16]);
+        let password = format!("pw-{}", random_hex());
+        let reply = self.register(&username, &password).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::CREATED,
+            "register: {}",
+            reply.text()
+        );
+        let user_id = reply.json()["user_id"]
+            .as_str()
+            .expect("register returns a user_id string")
+            .to_owned();
+        User {
+            user_id,
+            username,
+            password,
+        }
+    }
+
+    pub async fn login_ok(&self, username: &str, password: &str) -> Tokens {
+        let reply = self.login(username, password).await;
+        assert_eq!(reply.status, StatusCode::OK, "login: {}", reply.text());
+        Tokens(reply.json())
+    }
+
+    pub async fn refresh_ok(&self, refresh_token: &str) -> Tokens {
+        let reply = self.refresh(refresh_token).await;
+        assert_eq!(reply.status, StatusCode::OK, "refresh: {}", reply.text());
+        Tokens(reply.json())
+    }
+
+    // ---- stores ----------------------------------------------------------------
+
+    pub fn session_key(&self, sub: &str, sid: &str) -> String {
+        shared::session::session_key(&self.prefix, sub, sid)
+    }
+
+    pub async fn redis_exists(&self, key: &str) -> bool {
+        let mut conn = self.redis.clone();
+        redis::cmd("EXISTS")
+            .arg(key)
+            .query_async::<i64>(&mut conn)
+            .await
+            .expect("EXISTS")
+            == 1
+    }
+
+    /// Every key under this test's prefix with its value (strings only, as the
+    /// origin writes them).
+    pub async fn redis_dump(&self) -> Vec<(String, String)> {
+        let mut conn = self.redis.clone();
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{}*", self.prefix))
+            .query_async(&mut conn)
+            .await
+            .expect("KEYS");
+        let mut out = Vec::new();
+        for key in keys {
+            let value: Option<String> = redis::cmd("GET")
+                .arg(&key)
+                .query_async(&mut conn)
+                .await
+                .unwrap_or(None);
+            out.push((key, value.unwrap_or_default()));
+        }
+        out
+    }
+
+    /// `revoked_at is not null` of a session, `None` when there is no such row.
+    pub async fn session_revoked(&self, sid: &str) -> Option<bool> {
+        sqlx::query_scalar::<_, bool>(
+            "select revoked_at is not null from session where id::text = $1",
+        )
+        .bind(sid)
+        .fetch_optional(&self.pg)
+        .await
+        .expect("select session")
+    }
+}
+
+impl Drop for Origin {
+    fn drop(&mut self) {
+        self.kill();
+        // Keys left under the prefix expire by themselves; delete them anyway so a
+        // long test run does not fill a shared Redis.
+        if let Ok(client) = redis::Client::open(redis_url())
+            && let Ok(mut conn) = client.get_connection()
+        {
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg(format!("{}*", self.prefix))
+                .query(&mut conn)
+                .unwrap_or_default();
+            if !keys.is_empty() {
+                let _: redis::RedisResult<i64> = redis::cmd("DEL").arg(keys).query(&mut conn);
+            }
+        }
+    }
+}
+
+/// Lowercase hex of `bytes`, as Postgres prints `bytea`.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,233 @@
+//! Refresh-token rotation against the running origin (DESIGN.md §2 "Rotation and
+//! reuse", §3 session records): one winner under concurrency, reuse revokes the
+//! session durably, and the Redis record lives as long as the access token.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use common::{Origin, Tokens};
+use reqwest::StatusCode;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_concurrent_refreshes_create_at_most_one_new_token() {
+    // Arrange
+    let origin = Origin::start().await;
+    let user = origin.new_user().await;
+    let login = origin.login_ok(&user.username, &user.password).await;
+    let mut current = login.refresh().to_owned();
+
+    // A race shows only in some interleavings: several rounds, each presenting the
+    // previous round's child 50 times at once.
+    for round in 1..=ROUNDS {
+        // Act
+        let replies = futures::future::join_all((0..50).map(|_| origin.refresh(&current))).await;
+
+        // Assert
+        let mut statuses = BTreeMap::new();
+        for reply in &replies {
+            *statuses.entry(reply.status.as_u16()).or_insert(0) += 1;
+        }
+        let server_errors: Vec<String> = replies
+            .iter()
+            .filter(|r| r.status.is_server_error())
+            .map(|r| format!("{} {}", r.status, r.text()))
+            .collect();
+        assert!(
+            server_errors.is_empty(),
+            "round {round}: 5xx under concurrency ({statuses:?}): {server_errors:?}"
+        );
+        let children: BTreeSet<String> = replies
+            .iter()
+            .filter(|r| r.status == StatusCode::OK)
+            .map(|r| Tokens(r.json()).refresh().to_owned())
+            .collect();
+        let rows: i64 =
+            sqlx::query_scalar("select count(*) from refresh_token where session_id::text = $1")
+                .bind(login.sid())
+                .fetch_one(&origin.pg)
+                .await
+                .unwrap();
+        assert!(
+            !children.is_empty(),
+            "round {round}: no refresh succeeded: {statuses:?}"
+        );
+        assert_eq!(
+            children.len(),
+            1,
+            "round {round}: the 200s ({statuses:?}) returned {} different refresh tokens; \
+             refresh_token rows for the session: {rows}",
+            children.len()
+        );
+        assert_eq!(
+            rows,
+            1 + round,
+            "round {round}: refresh_token rows for the session: the login's token and exactly one child per round"
+        );
+        current = children.into_iter().next().unwrap();
+    }
+
+    // The family is intact: the last child works, and so does its access token.
+    let next = origin.refresh_ok(&current).await;
+    assert_eq!(origin.me(next.access()).await.status, StatusCode::OK);
+    assert_eq!(origin.session_revoked(&login.sid()).await, Some(false));
+}
+
+/// Rounds of 50 concurrent refreshes in the test above.
+const ROUNDS: i64 = 5;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replaying_a_token_two_rotations_old_revokes_the_session() {
+    // Arrange: t0 → t1 → t2, no grace window, so any reuse is theft.
+    let mut origin = Origin::start_with(&[("REFRESH_GRACE_SECS", "0")]).await;
+    let user = origin.new_user().await;
+    let t0 = origin.login_ok(&user.username, &user.password).await;
+    let t1 = origin.refresh_ok(t0.refresh()).await;
+    let t2 = origin.refresh_ok(t1.refresh()).await;
+    let (sub, sid) = (t2.sub(), t2.sid());
+    let record = origin.session_key(&sub, &sid);
+    assert!(
+        origin.redis_exists(&record).await,
+        "the session record {record} exists before the replay"
+    );
+    assert_eq!(origin.me(t2.access()).await.status, StatusCode::OK);
+
+    // Act: replay t0, and kill the origin the moment it has answered.
+    let replay = origin.refresh(t0.refresh()).await;
+    origin.kill();
+
+    // Assert: the revocation was committed before the answer, in both stores.
+    assert_eq!(
+        replay.status,
+        StatusCode::UNAUTHORIZED,
+        "replayed t0: {}",
+        replay.text()
+    );
+    assert_eq!(
+        replay.error_code().as_deref(),
+        Some("invalid_grant"),
+        "replayed t0: {}",
+        replay.text()
+    );
+    assert_eq!(
+        origin.session_revoked(&sid).await,
+        Some(true),
+        "session.revoked_at after the replay"
+    );
+    assert!(
+        !origin.redis_exists(&record).await,
+        "the session record {record} survived the replay"
+    );
+    let events: i64 = sqlx::query_scalar(
+        "select count(*) from security_event where session_id::text = $1 or user_id::text = $2",
+    )
+    .bind(&sid)
+    .bind(&sub)
+    .fetch_one(&origin.pg)
+    .await
+    .unwrap();
+    assert!(events >= 1, "no security_event row for the reuse");
+
+    // And it holds across a restart: nothing was only in the dead process's memory.
+    origin.kill_and_restart().await;
+    let after = origin.refresh(t2.refresh()).await;
+    assert_eq!(
+        after.status,
+        StatusCode::UNAUTHORIZED,
+        "refresh with t2 after reuse: {}",
+        after.text()
+    );
+    assert_eq!(after.error_code().as_deref(), Some("invalid_grant"));
+    let me = origin.me(t2.access()).await;
+    assert_eq!(
+        me.status,
+        StatusCode::UNAUTHORIZED,
+        "/api/me with the latest access token: {}",
+        me.text()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_with_the_previous_token_inside_the_grace_window_returns_the_same_child() {
+    // Arrange
+    let origin = Origin::start_with(&[("REFRESH_GRACE_SECS", "30")]).await;
+    let user = origin.new_user().await;
+    let t0 = origin.login_ok(&user.username, &user.password).await;
+    let t1 = origin.refresh_ok(t0.refresh()).await;
+
+    // Act: the client lost the response and retries with t0.
+    let retry = origin.refresh(t0.refresh()).await;
+
+    // Assert
+    assert_eq!(
+        retry.status,
+        StatusCode::OK,
+        "retry inside the grace window: {}",
+        retry.text()
+    );
+    assert_eq!(
+        Tokens(retry.json()).refresh(),
+        t1.refresh(),
+        "the retry returns the current child"
+    );
+    assert_eq!(
+        origin.session_revoked(&t0.sid()).await,
+        Some(false),
+        "a retry is not theft"
+    );
+    let t2 = origin.refresh_ok(t1.refresh()).await;
+    assert_eq!(origin.me(t2.access()).await.status, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_record_ttl_is_remaining_lifetime_plus_buffer() {
+    // Arrange: lifetimes unlike the defaults, so the test sees that they are honoured.
+    let (access_ttl, buffer) = (600u64, 45u64);
+    let origin = Origin::start_with(&[
+        ("ACCESS_TOKEN_TTL_SECS", &access_ttl.to_string()),
+        ("SESSION_RECORD_BUFFER_SECS", &buffer.to_string()),
+    ])
+    .await;
+    let user = origin.new_user().await;
+
+    // Act
+    let tokens = origin.login_ok(&user.username, &user.password).await;
+    let key = origin.session_key(&tokens.sub(), &tokens.sid());
+    let pttl: i64 = redis::cmd("PTTL")
+        .arg(&key)
+        .query_async(&mut origin.redis.clone())
+        .await
+        .unwrap();
+    let value: Option<String> = redis::cmd("GET")
+        .arg(&key)
+        .query_async(&mut origin.redis.clone())
+        .await
+        .unwrap();
+
+    // Assert
+    let expires_in = tokens.0["expires_in"].as_u64().expect("expires_in");
+    assert_eq!(
+        expires_in, access_ttl,
+        "expires_in follows ACCESS_TOKEN_TTL_SECS"
+    );
+    assert!(
+        pttl > 0,
+        "PTTL of {key} is {pttl}: the record is missing (-2) or has no expiry (-1)"
+    );
+    let (low, high) = (
+        (expires_in + buffer - 5) * 1000,
+        (expires_in + buffer + 1) * 1000,
+    );
+    assert!(
+        (low as i64..=high as i64).contains(&pttl),
+        "PTTL {pttl} ms, want access lifetime {expires_in} s + buffer {buffer} s (range {low}..={high} ms)"
+    );
+    let record = shared::session::SessionRecord::decode(value.expect("record value").as_bytes())
+        .expect("the record is a session record");
+    assert_eq!(record.sub, tokens.sub());
+    assert!(
+        record.exp >= tokens.claims()["exp"].as_u64().unwrap(),
+        "record exp (the session's end) {} is before the access token's exp",
+        record.exp
+    );
+}
