@@ -370,6 +370,14 @@ impl Origin {
         self.spawn().await;
     }
 
+    /// Sends SIGTERM and waits for the process to exit, returning its status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("origin running");
+        // SAFETY: kill(2) with a pid we own and a valid signal number.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        child.wait().expect("wait for the origin")
+    }
+
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill(); // SIGKILL on Unix
