@@ -50,3 +50,28 @@ CARGO_FUZZ_VERSION=0.13.2
 ensure_cargo_fuzz() {
   install_crate cargo-fuzz "$CARGO_FUZZ_VERSION" cargo-fuzz
 }
+
+WORKER_BUILD_VERSION=0.8.7
+ensure_worker_build() {
+  install_crate worker-build "$WORKER_BUILD_VERSION" worker-build
+}
+
+# npm packages pinned in package-lock.json (wrangler, which brings workerd; binaryen
+# for wasm-opt). `npm ci` only when the lockfile changed since the last install.
+ensure_npm_packages() {
+  require_command npm "install Node.js 20 or later with npm"
+  local stamp="$REPO_ROOT/node_modules/.package-lock.json"
+  if [ ! -f "$stamp" ] || [ "$REPO_ROOT/package-lock.json" -nt "$stamp" ]; then
+    log "installing npm packages (wrangler, binaryen) from package-lock.json"
+    (cd "$REPO_ROOT" && npm ci --no-audit --no-fund --loglevel=error)
+  fi
+  PATH="$REPO_ROOT/node_modules/.bin:$PATH"
+}
+
+# Environment for worker-build: no downloads from GitHub.
+worker_build_env() {
+  export WASM_BINDGEN_BIN
+  WASM_BINDGEN_BIN="$(command -v wasm-bindgen)"
+  export WASM_OPT_BIN="$REPO_ROOT/node_modules/.bin/wasm-opt"
+  export WRANGLER_SEND_METRICS=false CLOUDFLARE_CF_FETCH_ENABLED=false
+}
