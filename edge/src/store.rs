@@ -1,0 +1,212 @@
+//! Reading the session store: what to ask, and what the answer means.
+//!
+//! One round trip per request: the session record, the user's logout-everywhere time
+//! and the store's epoch (`MGET` over Upstash REST; three reads in parallel on KV).
+
+use serde_json::{Value, json};
+use shared::VerifiedClaims;
+use shared::session::{
+    SessionRecord, SessionState, session_key, store_epoch_key, user_not_before_key,
+};
+
+/// The keys read for a token, in order: record, user not-before, epoch.
+pub fn keys(prefix: &str, claims: &VerifiedClaims) -> [String; 3] {
+    [
+        session_key(prefix, claims.subject(), claims.session_id()),
+        user_not_before_key(prefix, claims.subject()),
+        store_epoch_key(prefix),
+    ]
+}
+
+/// The Upstash REST body of the read: `["MGET", k1, k2, k3]`.
+pub fn mget_body(keys: &[String; 3]) -> String {
+    json!(["MGET", keys[0], keys[1], keys[2]]).to_string()
+}
+
+/// The store could not answer: down, slow, or an unexpected reply.
+#[derive(Debug, PartialEq, Eq)]
+pub struct StoreUnavailable(pub &'static str);
+
+/// Parses Upstash's reply to the `MGET` (HTTP status and body).
+pub fn parse_mget(status: u16, body: &[u8]) -> Result<[Option<String>; 3], StoreUnavailable> {
+    if status != 200 {
+        return Err(StoreUnavailable("store answered with an error status"));
+    }
+    let value: Value =
+        serde_json::from_slice(body).map_err(|_| StoreUnavailable("store reply is not JSON"))?;
+    let items = value
+        .get("result")
+        .and_then(Value::as_array)
+        .ok_or(StoreUnavailable("store reply has no result"))?;
+    if items.len() != 3 {
+        return Err(StoreUnavailable("store reply has the wrong length"));
+    }
+    let item = |i: usize| match &items[i] {
+        Value::Null => Ok(None),
+        Value::String(s) => Ok(Some(s.clone())),
+        _ => Err(StoreUnavailable("store reply item is not a string")),
+    };
+    Ok([item(0)?, item(1)?, item(2)?])
+}
+
+/// What the edge does with a verified token, given the three values read.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Forward, with the record's scope.
+    Forward(SessionRecord),
+    /// 401: the session is not active.
+    Reject,
+    /// The store knows nothing trustworthy (no epoch: restarted or flushed; or an
+    /// undecodable value): ask the origin, never assume.
+    Unknown,
+}
+
+pub fn decide(claims: &VerifiedClaims, values: &[Option<String>; 3], now: u64) -> Decision {
+    if values[2].is_none() {
+        return Decision::Unknown;
+    }
+    let bytes = |i: usize| values[i].as_deref().map(str::as_bytes);
+    match shared::session::session_state(claims, bytes(0), bytes(1), now) {
+        Ok(SessionState::Active(record)) => Decision::Forward(record),
+        Ok(SessionState::Absent | SessionState::Revoked) => Decision::Reject,
+        Err(_) => Decision::Unknown,
+    }
+}
+
+/// Parses the origin's `/internal/validate` answer: `Some(scope)` if active.
+pub fn parse_fallback(body: &[u8]) -> Option<Option<String>> {
+    let value: Value = serde_json::from_slice(body).ok()?;
+    match value.get("active")?.as_bool()? {
+        true => Some(Some(value.get("scope")?.as_str()?.to_string())),
+        false => Some(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shared::{Claims, KeySet, SigningKey, Validator};
+
+    fn claims() -> VerifiedClaims {
+        let key = SigningKey::from_seed([3; 32]);
+        let c = Claims {
+            iss: "i".into(),
+            aud: "a".into(),
+            sub: "u1".into(),
+            sid: "s1".into(),
+            jti: "j".into(),
+            iat: 1000,
+            nbf: 1000,
+            exp: 1900,
+            scope: "profile".into(),
+        };
+        let keys = KeySet::new(vec![key.verifying_key()]).unwrap();
+        Validator::new("i", "a")
+            .verify(key.sign(&c).unwrap().as_bytes(), &keys, 1100)
+            .unwrap()
+    }
+
+    fn record() -> SessionRecord {
+        SessionRecord {
+            sub: "u1".into(),
+            scope: "profile".into(),
+            auth_time_ms: 900_000,
+            exp: 99_999,
+        }
+    }
+
+    #[test]
+    fn the_read_names_record_not_before_and_epoch_in_one_slot() {
+        let keys = keys("auth:", &claims());
+        assert_eq!(keys, ["auth:sess:{u1}:s1", "auth:nbf:{u1}", "auth:epoch"]);
+        assert_eq!(
+            mget_body(&keys),
+            r#"["MGET","auth:sess:{u1}:s1","auth:nbf:{u1}","auth:epoch"]"#
+        );
+    }
+
+    #[test]
+    fn upstash_replies_parse_and_anything_else_is_unavailable() {
+        let ok = br#"{"result":["{\"v\":1}",null,"123"]}"#;
+        assert_eq!(
+            parse_mget(200, ok),
+            Ok([Some(r#"{"v":1}"#.into()), None, Some("123".into())])
+        );
+        for (status, body) in [
+            (
+                401,
+                &br#"{"error":"WRONGPASS invalid or missing auth token"}"#[..],
+            ),
+            (400, br#"{"error":"ERR wrong number of arguments"}"#),
+            (503, br#"{"error":"ERR redis unavailable"}"#),
+            (200, b"Unauthorized"),
+            (200, br#"{"result":null}"#),
+            (200, br#"{"result":[null,null]}"#),
+            (200, br#"{"result":[1,null,null]}"#),
+            (200, br#"{"error":"x"}"#),
+        ] {
+            assert!(
+                parse_mget(status, body).is_err(),
+                "{status} {}",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
+
+    #[test]
+    fn a_record_with_an_epoch_forwards_and_its_absence_rejects() {
+        let epoch = Some("1".to_string());
+        assert_eq!(
+            decide(
+                &claims(),
+                &[Some(record().encode()), None, epoch.clone()],
+                1100
+            ),
+            Decision::Forward(record())
+        );
+        assert_eq!(
+            decide(&claims(), &[None, None, epoch.clone()], 1100),
+            Decision::Reject
+        );
+        let logged_out_everywhere = Some((record().auth_time_ms + 1).to_string());
+        assert_eq!(
+            decide(
+                &claims(),
+                &[Some(record().encode()), logged_out_everywhere, epoch],
+                1100
+            ),
+            Decision::Reject
+        );
+    }
+
+    #[test]
+    fn without_an_epoch_or_with_garbage_the_session_is_unknown_never_active() {
+        assert_eq!(
+            decide(&claims(), &[Some(record().encode()), None, None], 1100),
+            Decision::Unknown
+        );
+        assert_eq!(
+            decide(&claims(), &[None, None, None], 1100),
+            Decision::Unknown
+        );
+        assert_eq!(
+            decide(
+                &claims(),
+                &[Some("garbage".into()), None, Some("1".into())],
+                1100
+            ),
+            Decision::Unknown
+        );
+    }
+
+    #[test]
+    fn the_origin_fallback_answer_parses() {
+        assert_eq!(
+            parse_fallback(br#"{"active":true,"scope":"profile"}"#),
+            Some(Some("profile".into()))
+        );
+        assert_eq!(parse_fallback(br#"{"active":false}"#), Some(None));
+        assert_eq!(parse_fallback(br#"{"error":"slow_down"}"#), None);
+        assert_eq!(parse_fallback(b"nope"), None);
+    }
+}

@@ -1,0 +1,391 @@
+//! The worker's entry: I/O around the plain functions of this crate. Kept thin on
+//! purpose; every decision is made (and tested) elsewhere.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::Duration;
+
+use futures::future::{Either, select};
+use shared::proof::Identity;
+use shared::{KeySet, VerifiedClaims, VerifyingKey};
+use wasm_bindgen::JsCast;
+use wasm_bindgen_futures::JsFuture;
+use worker::{
+    AbortController, Date, Delay, Env, Fetch, Headers, Method, Request, RequestInit,
+    RequestRedirect, Response, Result, event,
+};
+
+use crate::cache::{KeyCache, VerifiedCache, peek_kid};
+use crate::config::{Config, StoreKind};
+use crate::route::{Route, classify};
+use crate::store::{self, Decision};
+use crate::{INVALID_TOKEN_CHALLENGE, MISSING_TOKEN_CHALLENGE, forward};
+
+/// Budget of a forwarded request (origin pass-through and upstream).
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
+
+thread_local! {
+    static CONFIG: RefCell<Option<Rc<Config>>> = const { RefCell::new(None) };
+    static VERIFIED: RefCell<VerifiedCache> = RefCell::new(VerifiedCache::new(10_000));
+    static KEYS: RefCell<KeyCache> = RefCell::new(KeyCache::default());
+    static CRYPTO_KEYS: RefCell<HashMap<String, web_sys::CryptoKey>> = RefCell::new(HashMap::new());
+}
+
+fn now() -> u64 {
+    Date::now().as_millis() / 1000
+}
+
+fn config(env: &Env) -> std::result::Result<Rc<Config>, String> {
+    if let Some(config) = CONFIG.with(|c| c.borrow().clone()) {
+        return Ok(config);
+    }
+    let get = |name: &str| {
+        env.secret(name)
+            .map(|s| s.to_string())
+            .or_else(|_| env.var(name).map(|v| v.to_string()))
+            .ok()
+    };
+    let config = Rc::new(Config::from_env(get)?);
+    CONFIG.with(|c| *c.borrow_mut() = Some(config.clone()));
+    Ok(config)
+}
+
+fn json_error(status: u16, code: &str, description: &str) -> Result<Response> {
+    let body = serde_json::json!({ "error": code, "error_description": description });
+    let mut response = Response::from_json(&body)?.with_status(status);
+    response.headers_mut().set("cache-control", "no-store")?;
+    Ok(response)
+}
+
+fn unauthorized(challenge: &str) -> Result<Response> {
+    let mut response = json_error(401, "invalid_token", "the access token is not valid")?;
+    response.headers_mut().set("www-authenticate", challenge)?;
+    Ok(response)
+}
+
+fn unavailable() -> Result<Response> {
+    let mut response = json_error(
+        503,
+        "temporarily_unavailable",
+        "the session cannot be checked right now; retry",
+    )?;
+    response.headers_mut().set("retry-after", "5")?;
+    Ok(response)
+}
+
+#[event(fetch)]
+async fn fetch(req: Request, env: Env, _ctx: worker::Context) -> Result<Response> {
+    let config = match config(&env) {
+        Ok(config) => config,
+        Err(e) => {
+            worker::console_error!("edge configuration: {e}");
+            return json_error(500, "server_error", "edge misconfigured");
+        }
+    };
+    let url = req.url()?;
+    match classify(url.path(), &config.protected) {
+        Route::Hidden => json_error(404, "not_found", "no such resource"),
+        Route::Origin => send(req, &config.origin_url, Vec::new()).await,
+        Route::Public => send(req, &config.upstream_url, Vec::new()).await,
+        Route::Protected => protected(req, &env, &config).await,
+    }
+}
+
+/// The client's address as Cloudflare saw it.
+fn client_ip(req: &Request) -> String {
+    req.headers()
+        .get("cf-connecting-ip")
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| "0.0.0.0".into())
+}
+
+/// Sends `req` to `base` + its path and query: headers a client may not set are
+/// removed, `extra` added, the client's address passed on, redirects not followed.
+/// With an identity in `extra` the credential itself is dropped: the upstream gets
+/// the proven identity, not the token.
+async fn send(req: Request, base: &str, extra: Vec<(&'static str, String)>) -> Result<Response> {
+    let drop_credential = !extra.is_empty();
+    let url = req.url()?;
+    let target = format!(
+        "{base}{}{}",
+        url.path(),
+        url.query().map(|q| format!("?{q}")).unwrap_or_default()
+    );
+    let headers = Headers::new();
+    for (name, value) in req.headers().entries() {
+        let credential = drop_credential && name.eq_ignore_ascii_case("authorization");
+        if !forward::is_stripped(&name) && name != "host" && !credential {
+            headers.set(&name, &value)?;
+        }
+    }
+    headers.set(forward::CLIENT_IP_HEADER, &client_ip(&req))?;
+    for (name, value) in extra {
+        headers.set(name, &value)?;
+    }
+    let method = req.method();
+    let mut init = RequestInit::new();
+    init.with_method(method.clone())
+        .with_headers(headers)
+        .with_redirect(RequestRedirect::Manual);
+    if !matches!(method, Method::Get | Method::Head) {
+        init.with_body(req.inner().body().map(Into::into));
+    }
+    let outgoing = Request::new_with_init(&target, &init)?;
+    match with_timeout(FORWARD_TIMEOUT, |signal| async move {
+        Fetch::Request(outgoing).send_with_signal(&signal).await
+    })
+    .await
+    {
+        Some(Ok(response)) => Ok(response),
+        Some(Err(e)) => {
+            worker::console_error!("forwarding failed: {e}");
+            json_error(502, "bad_gateway", "the upstream did not answer")
+        }
+        None => json_error(
+            504,
+            "gateway_timeout",
+            "the upstream did not answer in time",
+        ),
+    }
+}
+
+/// Runs a fetch with an abort signal, giving up after `budget`.
+async fn with_timeout<T, F, Fut>(budget: Duration, run: F) -> Option<T>
+where
+    F: FnOnce(worker::AbortSignal) -> Fut,
+    Fut: std::future::Future<Output = T>,
+{
+    let controller = AbortController::default();
+    let work = Box::pin(run(controller.signal()));
+    match select(work, Delay::from(budget)).await {
+        Either::Left((value, _)) => Some(value),
+        Either::Right(_) => {
+            controller.abort();
+            None
+        }
+    }
+}
+
+async fn protected(req: Request, env: &Env, config: &Config) -> Result<Response> {
+    let Some(token) = req.headers().get("authorization")?.and_then(|v| bearer(&v)) else {
+        return unauthorized(MISSING_TOKEN_CHALLENGE);
+    };
+    let claims = match verified(&token, config).await {
+        Ok(claims) => claims,
+        Err(reason) => {
+            worker::console_log!("token refused: {reason}");
+            return unauthorized(INVALID_TOKEN_CHALLENGE);
+        }
+    };
+    let scope = match session(env, config, &claims).await {
+        Decision::Forward(record) => record.scope,
+        Decision::Reject => return unauthorized(INVALID_TOKEN_CHALLENGE),
+        Decision::Unknown => match fallback(config, &claims, &client_ip(&req)).await {
+            Some(Some(scope)) => scope,
+            Some(None) => return unauthorized(INVALID_TOKEN_CHALLENGE),
+            None => return unavailable(),
+        },
+    };
+    let ip = client_ip(&req);
+    let id = Identity {
+        user_id: claims.subject(),
+        session_id: claims.session_id(),
+        scope: &scope,
+        client_ip: &ip,
+    };
+    let path = req.url()?.path().to_string();
+    let headers = forward::identity_headers(
+        config.edge_secret.as_bytes(),
+        &id,
+        req.method().as_ref(),
+        &path,
+        now(),
+    );
+    send(req, &config.upstream_url, headers).await
+}
+
+fn bearer(value: &str) -> Option<String> {
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim().to_string())
+        .filter(|t| !t.is_empty())
+}
+
+/// Signature and claims, from the verified-token cache or WebCrypto.
+async fn verified(token: &str, config: &Config) -> std::result::Result<VerifiedClaims, String> {
+    let now = now();
+    let leeway = config.validator.limits().leeway;
+    if let Some(claims) = VERIFIED.with(|c| c.borrow_mut().get(token, now, leeway)) {
+        return Ok(claims);
+    }
+    let keys = key_set(config, peek_kid(token).as_deref(), now)
+        .await
+        .ok_or("no keys available")?;
+    let claims = config
+        .validator
+        .verify_with(token.as_bytes(), &keys, now, |key, message, signature| {
+            webcrypto_verify(key.clone(), message.to_vec(), *signature)
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    VERIFIED.with(|c| c.borrow_mut().insert(token, claims.clone()));
+    Ok(claims)
+}
+
+/// The trusted keys: from configuration, or the origin's JWKS (cached; an unknown
+/// `kid` refetches at most once per interval).
+async fn key_set(config: &Config, kid: Option<&str>, now: u64) -> Option<KeySet> {
+    if let Some(keys) = &config.static_keys {
+        return Some(keys.clone());
+    }
+    if KEYS.with(|k| k.borrow().should_fetch(kid, now, config.jwks_refetch_secs)) {
+        let url = format!("{}/.well-known/jwks.json", config.origin_url);
+        let fetched = with_timeout(
+            Duration::from_millis(config.store_timeout_ms),
+            |signal| async move {
+                let mut response = Fetch::Url(url.parse().ok()?)
+                    .send_with_signal(&signal)
+                    .await
+                    .ok()?;
+                if response.status_code() != 200 {
+                    return None;
+                }
+                KeySet::from_jwks(&response.bytes().await.ok()?).ok()
+            },
+        )
+        .await
+        .flatten();
+        KEYS.with(|k| k.borrow_mut().fetched(fetched, now));
+    }
+    KEYS.with(|k| k.borrow().keys.clone())
+}
+
+/// Ed25519 through WebCrypto, about twice as fast as verifying in Wasm.
+async fn webcrypto_verify(key: VerifyingKey, message: Vec<u8>, signature: [u8; 64]) -> bool {
+    let Ok(subtle) = subtle() else { return false };
+    let kid = key.kid().to_string();
+    let crypto_key = match CRYPTO_KEYS.with(|c| c.borrow().get(&kid).cloned()) {
+        Some(k) => k,
+        None => {
+            let raw = js_sys::Uint8Array::from(&key.as_bytes()[..]);
+            let usages = js_sys::Array::of1(&"verify".into());
+            let Ok(promise) = subtle.import_key_with_str("raw", &raw, "Ed25519", false, &usages)
+            else {
+                return false;
+            };
+            let Ok(imported) = JsFuture::from(promise).await else {
+                return false;
+            };
+            let imported: web_sys::CryptoKey = imported.unchecked_into();
+            CRYPTO_KEYS.with(|c| c.borrow_mut().insert(kid, imported.clone()));
+            imported
+        }
+    };
+    let Ok(promise) = subtle.verify_with_str_and_u8_array_and_u8_array(
+        "Ed25519",
+        &crypto_key,
+        &signature,
+        &message,
+    ) else {
+        return false;
+    };
+    JsFuture::from(promise)
+        .await
+        .ok()
+        .and_then(|v| v.as_bool())
+        .unwrap_or(false)
+}
+
+fn subtle() -> std::result::Result<web_sys::SubtleCrypto, wasm_bindgen::JsValue> {
+    let crypto = js_sys::Reflect::get(&js_sys::global(), &"crypto".into())?;
+    Ok(js_sys::Reflect::get(&crypto, &"subtle".into())?.unchecked_into())
+}
+
+/// Reads the three values of the session in one round trip, within the budget.
+async fn session(env: &Env, config: &Config, claims: &VerifiedClaims) -> Decision {
+    let keys = store::keys(&config.key_prefix, claims);
+    let budget = Duration::from_millis(config.store_timeout_ms);
+    let values = match &config.store {
+        StoreKind::Upstash { url, token } => {
+            let body = store::mget_body(&keys);
+            with_timeout(budget, |signal| async move {
+                let headers = Headers::new();
+                headers
+                    .set("authorization", &format!("Bearer {token}"))
+                    .ok()?;
+                headers.set("content-type", "application/json").ok()?;
+                let mut init = RequestInit::new();
+                init.with_method(Method::Post)
+                    .with_headers(headers)
+                    .with_body(Some(body.into()));
+                let request = Request::new_with_init(url, &init).ok()?;
+                let mut response = Fetch::Request(request)
+                    .send_with_signal(&signal)
+                    .await
+                    .ok()?;
+                let status = response.status_code();
+                let bytes = response.bytes().await.ok()?;
+                store::parse_mget(status, &bytes).ok()
+            })
+            .await
+            .flatten()
+        }
+        StoreKind::Kv => {
+            let Ok(kv) = env.kv("SESSIONS") else {
+                return Decision::Unknown;
+            };
+            with_timeout(budget, |_signal| async move {
+                let [a, b, c] = &keys;
+                let (record, nbf, epoch) =
+                    futures::future::join3(kv.get(a).text(), kv.get(b).text(), kv.get(c).text())
+                        .await;
+                Some([record.ok()?, nbf.ok()?, epoch.ok()?])
+            })
+            .await
+            .flatten()
+        }
+    };
+    match values {
+        Some(values) => store::decide(claims, &values, now()),
+        None => Decision::Unknown,
+    }
+}
+
+/// The origin's rate-limited check from Postgres, for when the store cannot answer.
+/// `None` = no answer either: the caller answers 503, never 200 and never 401.
+async fn fallback(config: &Config, claims: &VerifiedClaims, ip: &str) -> Option<Option<String>> {
+    let path = "/internal/validate";
+    let id = Identity {
+        user_id: claims.subject(),
+        session_id: claims.session_id(),
+        scope: claims.scope(),
+        client_ip: ip,
+    };
+    let headers = Headers::new();
+    for (name, value) in
+        forward::identity_headers(config.edge_secret.as_bytes(), &id, "POST", path, now())
+    {
+        headers.set(name, &value).ok()?;
+    }
+    let mut init = RequestInit::new();
+    init.with_method(Method::Post).with_headers(headers);
+    let request = Request::new_with_init(&format!("{}{path}", config.origin_url), &init).ok()?;
+    with_timeout(
+        Duration::from_millis(config.store_timeout_ms),
+        |signal| async move {
+            let mut response = Fetch::Request(request)
+                .send_with_signal(&signal)
+                .await
+                .ok()?;
+            if response.status_code() != 200 {
+                return None;
+            }
+            store::parse_fallback(&response.bytes().await.ok()?)
+        },
+    )
+    .await
+    .flatten()
+}
