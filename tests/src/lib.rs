@@ -1,0 +1,480 @@
+//! Starts the whole stack for one test, on free ports, and stops it on drop:
+//! the REST front (`redis-rest`), the origin (with its Postgres connection going
+//! through a [`TcpProxy`] the test can cut), a recording proxy standing in for the
+//! upstream API, and the edge under `wrangler dev`.
+//!
+//! Binaries come from `target/debug` (the test command builds them first) and
+//! `node_modules/.bin/wrangler` (installed by `scripts/build-edge`); the edge bundle
+//! from `edge/build`.
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const ISSUER: &str = "https://auth.e2e.test";
+pub const AUDIENCE: &str = "api.e2e.test";
+pub const REST_TOKEN: &str = "e2e-rest-token";
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn env_or(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.into())
+}
+
+pub fn random_hex() -> String {
+    let mut bytes = [0u8; 8];
+    std::fs::File::open("/dev/urandom").unwrap().read_exact(&mut bytes).unwrap();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A child process whose output is kept, killed on drop.
+pub struct Process {
+    pub name: &'static str,
+    child: Option<Child>,
+    log: Arc<Mutex<Vec<u8>>>,
+}
+
+impl Process {
+    pub fn spawn(name: &'static str, mut command: Command) -> Process {
+        let mut child = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {name} ({command:?}): {e}"));
+        let log = Arc::new(Mutex::new(Vec::new()));
+        for mut stream in [Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>, Box::new(child.stderr.take().unwrap())] {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = stream.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    log.lock().unwrap().extend_from_slice(&buf[..n]);
+                }
+            });
+        }
+        Process { name, child: Some(child), log }
+    }
+
+    pub fn log(&self) -> String {
+        String::from_utf8_lossy(&self.log.lock().unwrap()).into_owned()
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn exited(&mut self) -> bool {
+        self.child.as_mut().is_none_or(|c| c.try_wait().ok().flatten().is_some())
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Waits until `url` answers 200, or panics with the process's log.
+pub async fn wait_healthy(process: &mut Process, url: &str, timeout: Duration) {
+    let http = reqwest::Client::new();
+    let started = Instant::now();
+    loop {
+        if let Ok(r) = http.get(url).timeout(Duration::from_secs(2)).send().await
+            && r.status().is_success()
+        {
+            return;
+        }
+        if process.exited() || started.elapsed() > timeout {
+            panic!("{} did not become healthy at {url}:\n{}", process.name, process.log());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A TCP relay the test can cut, to take a dependency away from a process without
+/// touching the shared server: `set_up(false)` drops every relayed connection and
+/// refuses new ones, as a crashed or unreachable server would.
+pub struct TcpProxy {
+    pub port: u16,
+    up: Arc<AtomicBool>,
+    generation: Arc<AtomicUsize>,
+}
+
+impl TcpProxy {
+    pub fn start(target: SocketAddr) -> TcpProxy {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let up = Arc::new(AtomicBool::new(true));
+        let generation = Arc::new(AtomicUsize::new(0));
+        let (up2, generation2) = (up.clone(), generation.clone());
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async move {
+                listener.set_nonblocking(true).unwrap();
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                loop {
+                    let Ok((mut client, _)) = listener.accept().await else { continue };
+                    if !up2.load(Ordering::SeqCst) {
+                        continue; // dropped: connection closed at once
+                    }
+                    let (up, generation) = (up2.clone(), generation2.clone());
+                    let born = generation.load(Ordering::SeqCst);
+                    tokio::spawn(async move {
+                        let Ok(mut server) = tokio::net::TcpStream::connect(target).await else { return };
+                        let relay = tokio::io::copy_bidirectional(&mut client, &mut server);
+                        let cut = async {
+                            while up.load(Ordering::SeqCst) && generation.load(Ordering::SeqCst) == born {
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                            }
+                        };
+                        tokio::select! { _ = relay => {}, _ = cut => {} }
+                    });
+                }
+            });
+        });
+        TcpProxy { port, up, generation }
+    }
+
+    pub fn set_up(&self, up: bool) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        self.up.store(up, Ordering::SeqCst);
+    }
+}
+
+/// One request the recording upstream saw.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub method: String,
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+}
+
+impl Seen {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+/// The upstream API as the edge sees it: records each request, then relays it to the
+/// origin (which serves `/api/me`) and returns the origin's answer.
+pub struct Recorder {
+    pub port: u16,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl Recorder {
+    pub fn start(origin: String) -> Recorder {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let seen2 = seen.clone();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async move {
+                listener.set_nonblocking(true).unwrap();
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                let http = reqwest::Client::new();
+                let app = axum::Router::new().fallback(move |request: axum::extract::Request| {
+                    let (seen, http, origin) = (seen2.clone(), http.clone(), origin.clone());
+                    async move {
+                        let (parts, body) = request.into_parts();
+                        let headers: Vec<(String, String)> = parts
+                            .headers
+                            .iter()
+                            .map(|(n, v)| (n.to_string(), v.to_str().unwrap_or("").to_string()))
+                            .collect();
+                        seen.lock().unwrap().push(Seen { method: parts.method.to_string(), path: parts.uri.path().into(), headers: headers.clone() });
+                        let body = axum::body::to_bytes(body, 1 << 20).await.unwrap_or_default();
+                        let mut relay = http.request(parts.method.clone(), format!("{origin}{}", parts.uri));
+                        for (name, value) in &headers {
+                            if name != "host" && name != "content-length" {
+                                relay = relay.header(name, value);
+                            }
+                        }
+                        match relay.body(body).send().await {
+                            Ok(r) => {
+                                let status = r.status();
+                                let text = r.text().await.unwrap_or_default();
+                                (status, [("content-type", "application/json")], text)
+                            }
+                            Err(_) => (reqwest::StatusCode::BAD_GATEWAY, [("content-type", "application/json")], "{}".into()),
+                        }
+                    }
+                });
+                axum::serve(listener, app).await.unwrap();
+            });
+        });
+        Recorder { port, seen }
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+/// A temporary directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let path = std::env::temp_dir().join(format!("e2e-{tag}-{}", random_hex()));
+        std::fs::create_dir_all(&path).unwrap();
+        TempDir(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Settings of a stack that tests may change.
+pub struct Options {
+    pub session_store: &'static str,
+    pub store_timeout_ms: u64,
+    pub rest_delay_ms: u64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { session_store: "upstash", store_timeout_ms: 1000, rest_delay_ms: 0 }
+    }
+}
+
+pub struct Stack {
+    pub edge: String,
+    pub origin: String,
+    pub prefix: String,
+    pub edge_secret: String,
+    pub key_file: PathBuf,
+    pub postgres: TcpProxy,
+    pub recorder: Recorder,
+    pub http: reqwest::Client,
+    pub rest_port: u16,
+    rest: Process,
+    pub origin_process: Process,
+    pub wrangler: Process,
+    database: String,
+    dir: TempDir,
+    options: Options,
+}
+
+impl Stack {
+    pub async fn start(options: Options) -> Stack {
+        let root = repo_root();
+        let bin = |name: &str| {
+            let path = root.join("target/debug").join(name);
+            assert!(path.exists(), "{} missing: run `cargo build -p origin -p redis-rest` (scripts/test does)", path.display());
+            path
+        };
+        let wrangler_bin = root.join("node_modules/.bin/wrangler");
+        assert!(wrangler_bin.exists() && root.join("edge/build/index.js").exists(), "run scripts/build-edge first (scripts/test does)");
+        let dir = TempDir::new("stack");
+        let prefix = format!("e2e{}:", random_hex());
+        let edge_secret = format!("{}{}{}{}", random_hex(), random_hex(), random_hex(), random_hex());
+        let redis_url = env_or("TEST_REDIS_URL", "redis://127.0.0.1:6379");
+
+        // A fresh database, reached through a proxy the test can cut.
+        let admin = env_or("TEST_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres");
+        let database = format!("e2e_{}", random_hex());
+        psql(&admin, &format!("create database {database}"));
+        let (host_port, _) = admin.trim_start_matches("postgres://").split_once('/').unwrap();
+        let host_port = host_port.rsplit('@').next().unwrap();
+        let pg_addr: SocketAddr = host_port.replace("localhost", "127.0.0.1").parse().expect("TEST_DATABASE_URL host:port");
+        let postgres = TcpProxy::start(pg_addr);
+        let database_url = format!("postgres://postgres@127.0.0.1:{}/{database}", postgres.port);
+
+        let rest_port = free_port();
+        let rest = spawn_rest(&bin("redis-rest"), rest_port, &redis_url, options.rest_delay_ms);
+
+        let origin_port = free_port();
+        let origin = format!("http://127.0.0.1:{origin_port}");
+        let key_file = dir.0.join("dev.key");
+        let mut command = Command::new(bin("origin"));
+        command
+            .env("DATABASE_URL", &database_url)
+            .env("REDIS_URL", &redis_url)
+            .env("REDIS_PREFIX", &prefix)
+            .env("LISTEN_ADDR", format!("127.0.0.1:{origin_port}"))
+            .env("SIGNING_KEY_FILE", &key_file)
+            .env("EDGE_SECRET", &edge_secret)
+            .env("ISSUER", ISSUER)
+            .env("AUDIENCE", AUDIENCE)
+            .env("CLIENT_IP_HEADER", "x-forwarded-for")
+            .env("LOG_FORMAT", "json");
+        let mut origin_process = Process::spawn("origin", command);
+        wait_healthy(&mut origin_process, &format!("{origin}/healthz"), Duration::from_secs(30)).await;
+
+        let recorder = Recorder::start(origin.clone());
+        let edge_port = free_port();
+        let vars = [
+            ("ORIGIN_URL", origin.clone()),
+            ("UPSTREAM_URL", format!("http://127.0.0.1:{}", recorder.port)),
+            ("ISSUER", ISSUER.into()),
+            ("AUDIENCE", AUDIENCE.into()),
+            ("SESSION_STORE", options.session_store.into()),
+            ("UPSTASH_URL", format!("http://127.0.0.1:{rest_port}")),
+            ("UPSTASH_TOKEN", REST_TOKEN.into()),
+            ("EDGE_SECRET", edge_secret.clone()),
+            ("KEY_PREFIX", prefix.clone()),
+            ("STORE_TIMEOUT_MS", options.store_timeout_ms.to_string()),
+        ];
+        let mut command = Command::new(&wrangler_bin);
+        command
+            .current_dir(&root)
+            .args(["dev", "--ip", "127.0.0.1", "--port", &edge_port.to_string()])
+            .args(["--inspector-port", &free_port().to_string(), "--persist-to"])
+            .arg(dir.0.join("wrangler-state"))
+            .env("WRANGLER_SEND_METRICS", "false")
+            .env("CLOUDFLARE_CF_FETCH_ENABLED", "false")
+            .env("WRANGLER_LOG_PATH", dir.0.join("wrangler-logs"))
+            .env("NO_COLOR", "1");
+        for (name, value) in &vars {
+            command.arg("--var").arg(format!("{name}:{value}"));
+        }
+        let mut wrangler = Process::spawn("wrangler dev", command);
+        let edge = format!("http://127.0.0.1:{edge_port}");
+        // The JWKS passes through the edge to the origin: healthy means both are up.
+        wait_healthy(&mut wrangler, &format!("{edge}/.well-known/jwks.json"), Duration::from_secs(90)).await;
+
+        Stack {
+            edge,
+            origin,
+            prefix,
+            edge_secret,
+            key_file,
+            postgres,
+            recorder,
+            http: reqwest::Client::builder().no_proxy().build().unwrap(),
+            rest_port,
+            rest,
+            origin_process,
+            wrangler,
+            database,
+            dir,
+            options,
+        }
+    }
+
+    /// Stops the REST front (as if Upstash were down).
+    pub fn stop_rest(&mut self) {
+        self.rest.stop();
+    }
+
+    /// Starts the REST front again on the same port.
+    pub async fn start_rest(&mut self) {
+        let bin = repo_root().join("target/debug/redis-rest");
+        let redis_url = env_or("TEST_REDIS_URL", "redis://127.0.0.1:6379");
+        self.rest = spawn_rest(&bin, self.rest_port, &redis_url, self.options.rest_delay_ms);
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", self.rest_port)).is_err() {
+            assert!(started.elapsed() < Duration::from_secs(10), "REST front did not restart");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        format!("--- origin ---\n{}\n--- wrangler ---\n{}", self.origin_process.log(), self.wrangler.log())
+    }
+
+    pub async fn post_json(&self, base: &str, path: &str, body: Value) -> (u16, Value, reqwest::header::HeaderMap) {
+        let response = self.http.post(format!("{base}{path}")).json(&body).send().await.expect("reachable");
+        let (status, headers) = (response.status().as_u16(), response.headers().clone());
+        let text = response.text().await.unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)), headers)
+    }
+
+    pub async fn get(&self, base: &str, path: &str, bearer: Option<&str>, extra: &[(&str, &str)]) -> (u16, Value, reqwest::header::HeaderMap) {
+        let mut request = self.http.get(format!("{base}{path}"));
+        if let Some(token) = bearer {
+            request = request.bearer_auth(token);
+        }
+        for (name, value) in extra {
+            request = request.header(*name, *value);
+        }
+        let response = request.send().await.expect("reachable");
+        let (status, headers) = (response.status().as_u16(), response.headers().clone());
+        let text = response.text().await.unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)), headers)
+    }
+
+    pub async fn bearer_post(&self, path: &str, token: &str) -> u16 {
+        self.http.post(format!("{}{path}", self.edge)).bearer_auth(token).send().await.expect("reachable").status().as_u16()
+    }
+
+    /// Registers a fresh user through the edge and logs in: (username, password, tokens).
+    pub async fn user(&self) -> (String, String, Value) {
+        let (username, password) = (format!("user-{}", random_hex()), format!("pw-{}", random_hex()));
+        let creds = serde_json::json!({ "username": username, "password": password });
+        let (status, body, _) = self.post_json(&self.edge, "/auth/register", creds.clone()).await;
+        assert_eq!(status, 201, "register through the edge: {body}\n{}", self.logs());
+        let tokens = self.login(&username, &password).await;
+        (username, password, tokens)
+    }
+
+    pub async fn login(&self, username: &str, password: &str) -> Value {
+        let (status, body, _) =
+            self.post_json(&self.edge, "/auth/login", serde_json::json!({ "username": username, "password": password })).await;
+        assert_eq!(status, 200, "login through the edge: {body}\n{}", self.logs());
+        body
+    }
+
+    /// The origin's signing key, to mint tokens the tests need (expired, wrong audience…).
+    pub fn signing_key(&self) -> shared::SigningKey {
+        use base64::Engine as _;
+        let text = std::fs::read_to_string(&self.key_file).unwrap();
+        let seed = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(text.trim()).unwrap();
+        shared::SigningKey::from_seed_slice(&seed).unwrap()
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        self.wrangler.stop();
+        self.origin_process.stop();
+        self.rest.stop();
+        let admin = env_or("TEST_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres");
+        psql(&admin, &format!("drop database if exists {} with (force)", self.database));
+        let _ = &self.dir;
+    }
+}
+
+fn spawn_rest(bin: &PathBuf, port: u16, redis_url: &str, delay_ms: u64) -> Process {
+    let mut command = Command::new(bin);
+    command
+        .env("REST_LISTEN_ADDR", format!("127.0.0.1:{port}"))
+        .env("REDIS_URL", redis_url)
+        .env("REST_TOKEN", REST_TOKEN)
+        .env("REST_DELAY_MS", delay_ms.to_string());
+    Process::spawn("redis-rest", command)
+}
+
+fn psql(url: &str, sql: &str) {
+    let status = Command::new("psql").arg(url).args(["-qc", sql]).stdout(Stdio::null()).status().expect("psql installed");
+    assert!(status.success(), "psql {sql}");
+}
+
+/// The claims of a JWT, decoded without verification (test inspection only).
+pub fn claims_of(token: &str) -> Value {
+    use base64::Engine as _;
+    let payload = token.split('.').nth(1).unwrap();
+    serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap()
+}
