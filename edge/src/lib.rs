@@ -10,6 +10,7 @@ pub mod config;
 pub mod forward;
 pub mod route;
 pub mod store;
+pub mod sync;
 
 #[cfg(target_arch = "wasm32")]
 mod worker_entry;

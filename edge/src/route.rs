@@ -11,10 +11,14 @@ pub enum Route {
     Public,
     /// `/internal/*`: the origin's edge-only endpoints, never reachable through the edge.
     Hidden,
+    /// `POST /__edge/kv`: the origin's signed pushes of session records into KV.
+    KvSync,
 }
 
 pub fn classify(path: &str, protected: &[String]) -> Route {
-    if path == "/internal" || path.starts_with("/internal/") {
+    if path == crate::sync::PATH {
+        Route::KvSync
+    } else if path == "/internal" || path.starts_with("/internal/") {
         Route::Hidden
     } else if path.starts_with("/auth/") || path == "/.well-known/jwks.json" {
         Route::Origin
@@ -46,5 +50,6 @@ mod tests {
         assert_eq!(classify("/", &protected), Route::Public);
         assert_eq!(classify("/internal/validate", &protected), Route::Hidden);
         assert_eq!(classify("/internal", &protected), Route::Hidden);
+        assert_eq!(classify("/__edge/kv", &protected), Route::KvSync);
     }
 }

@@ -89,7 +89,46 @@ async fn fetch(req: Request, env: Env, _ctx: worker::Context) -> Result<Response
         Route::Origin => send(req, &config.origin_url, Vec::new()).await,
         Route::Public => send(req, &config.upstream_url, Vec::new()).await,
         Route::Protected => protected(req, &env, &config).await,
+        Route::KvSync => kv_sync(req, &env, &config).await,
     }
+}
+
+/// Applies the origin's signed KV operations (only when the store is KV).
+async fn kv_sync(mut req: Request, env: &Env, config: &Config) -> Result<Response> {
+    if config.store != StoreKind::Kv || req.method() != Method::Post {
+        return json_error(404, "not_found", "no such resource");
+    }
+    let time = req.headers().get(shared::proof::message_header::TIME)?;
+    let given = req.headers().get(shared::proof::message_header::PROOF)?;
+    let body = req.bytes().await?;
+    let ops = match crate::sync::parse(
+        config.edge_secret.as_bytes(),
+        &config.key_prefix,
+        time.as_deref(),
+        given.as_deref(),
+        &body,
+        now(),
+    ) {
+        Ok(ops) => ops,
+        Err(crate::sync::Refused::Unauthenticated) => {
+            return json_error(401, "invalid_client", "bad or missing proof");
+        }
+        Err(crate::sync::Refused::Invalid(why)) => return json_error(400, "invalid_request", why),
+    };
+    let kv = env.kv("SESSIONS")?;
+    for op in ops {
+        match op {
+            crate::sync::Op::Put { key, value, ttl } => {
+                let mut put = kv.put(&key, value)?;
+                if let Some(ttl) = ttl {
+                    put = put.expiration_ttl(ttl);
+                }
+                put.execute().await?;
+            }
+            crate::sync::Op::Delete { key } => kv.delete(&key).await?,
+        }
+    }
+    Ok(Response::empty()?.with_status(204))
 }
 
 /// The client's address as Cloudflare saw it.

@@ -90,6 +90,12 @@ pub struct Config {
     #[arg(long, env = "EDGE_SECRET", hide_env_values = true)]
     pub edge_secret: Option<SecretString>,
 
+    /// The edge's KV sync endpoint (`https://<worker>/__edge/kv`), for deployments whose
+    /// edge reads sessions from Workers KV: every record change is pushed there too,
+    /// signed with `EDGE_SECRET`. Unset: Redis only.
+    #[arg(long, env = "EDGE_KV_SYNC_URL")]
+    pub edge_kv_sync_url: Option<String>,
+
     /// Client id for `/auth/revoke` and `/auth/introspect` (HTTP Basic). Unset: those
     /// endpoints refuse every client.
     #[arg(long, env = "CLIENT_ID")]

@@ -53,9 +53,18 @@ async fn run(config: Config) -> Result<(), String> {
         .run(&db)
         .await
         .map_err(|e| format!("applying migrations: {e}"))?;
+    let kv = match (&config.edge_kv_sync_url, &config.edge_secret) {
+        (Some(url), Some(secret)) => Some(origin::store::KvSync::new(
+            url.clone(),
+            secret.expose_secret().as_bytes(),
+        )),
+        (Some(_), None) => return Err("EDGE_KV_SYNC_URL needs EDGE_SECRET".into()),
+        (None, _) => None,
+    };
     let store = Store::new(
         config.redis_url.expose_secret(),
         config.redis_prefix.clone(),
+        kv,
     )?;
     let concurrency = config
         .hash_concurrency

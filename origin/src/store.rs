@@ -26,10 +26,69 @@ pub struct Store {
     client: redis::Client,
     conn: std::sync::Arc<OnceCell<ConnectionManager>>,
     prefix: String,
+    kv: Option<KvSync>,
+}
+
+/// Mirrors every change into the edge's Workers KV (`POST /__edge/kv`), for edges
+/// configured with `SESSION_STORE = "kv"`. Redis stays the origin's own store.
+#[derive(Clone)]
+pub struct KvSync {
+    url: String,
+    secret: std::sync::Arc<[u8]>,
+    http: reqwest::Client,
+    epoch_pushed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl KvSync {
+    pub fn new(url: String, secret: &[u8]) -> Self {
+        KvSync {
+            url,
+            secret: secret.into(),
+            http: reqwest::Client::new(),
+            epoch_pushed: Default::default(),
+        }
+    }
+
+    async fn push_once(&self, ops: &serde_json::Value) -> bool {
+        let body = serde_json::json!({ "ops": ops }).to_string();
+        let now = shared::unix_now();
+        let proof = shared::proof::sign_message(&self.secret, "kv-sync", now, body.as_bytes());
+        let sent = self
+            .http
+            .post(&self.url)
+            .header(shared::proof::message_header::TIME, now.to_string())
+            .header(shared::proof::message_header::PROOF, proof)
+            .header("content-type", "application/json")
+            .body(body)
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await;
+        matches!(sent, Ok(r) if r.status().is_success())
+    }
+
+    /// Pushes now; on failure keeps retrying every second for two minutes in the
+    /// background, so a revocation still reaches KV after a short edge outage.
+    async fn push(&self, ops: serde_json::Value) {
+        if self.push_once(&ops).await {
+            return;
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            for _ in 0..120 {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                if this.push_once(&ops).await {
+                    return;
+                }
+            }
+            tracing::error!(
+                "kv sync failed for 2 minutes; the edge's KV may hold stale sessions until their TTL"
+            );
+        });
+    }
 }
 
 impl Store {
-    pub fn new(url: &str, prefix: String) -> Result<Self, String> {
+    pub fn new(url: &str, prefix: String, kv: Option<KvSync>) -> Result<Self, String> {
         if !shared::session::is_key_prefix(&prefix) {
             return Err("REDIS_PREFIX must be printable ASCII without braces".into());
         }
@@ -38,6 +97,7 @@ impl Store {
             client,
             conn: Default::default(),
             prefix,
+            kv,
         })
     }
 
@@ -118,6 +178,10 @@ impl Store {
         ttl_secs: u64,
     ) -> Result<(), StoreError> {
         let key = session_key(&self.prefix, &record.sub, sid);
+        if let Some(kv) = &self.kv {
+            let op = serde_json::json!({ "op": "put", "key": key, "value": record.encode(), "ttl": ttl_secs });
+            kv.push(serde_json::json!([op])).await;
+        }
         let mut cmd = redis::cmd("SET");
         cmd.arg(key)
             .arg(record.encode())
@@ -131,10 +195,20 @@ impl Store {
         if sids.is_empty() {
             return Ok(());
         }
-        let mut cmd = redis::cmd("DEL");
-        for sid in sids {
-            cmd.arg(session_key(&self.prefix, sub, sid));
+        let keys: Vec<String> = sids
+            .iter()
+            .map(|sid| session_key(&self.prefix, sub, sid))
+            .collect();
+        if let Some(kv) = &self.kv {
+            kv.push(
+                keys.iter()
+                    .map(|key| serde_json::json!({ "op": "delete", "key": key }))
+                    .collect(),
+            )
+            .await;
         }
+        let mut cmd = redis::cmd("DEL");
+        cmd.arg(&keys);
         self.run::<()>("remove sessions", &cmd).await
     }
 
@@ -147,6 +221,14 @@ impl Store {
         not_before_ms: u64,
         ttl_secs: u64,
     ) -> Result<(), StoreError> {
+        if let Some(kv) = &self.kv {
+            let nbf = user_not_before_key(&self.prefix, sub);
+            let mut ops = vec![
+                serde_json::json!({ "op": "put", "key": nbf, "value": not_before_ms.to_string(), "ttl": ttl_secs }),
+            ];
+            ops.extend(sids.iter().map(|sid| serde_json::json!({ "op": "delete", "key": session_key(&self.prefix, sub, sid) })));
+            kv.push(serde_json::Value::Array(ops)).await;
+        }
         let mut pipe = redis::pipe();
         pipe.atomic();
         pipe.cmd("SET")
@@ -196,6 +278,21 @@ impl Store {
         let mut cmd = redis::cmd("EXISTS");
         cmd.arg(store_epoch_key(&self.prefix));
         self.run::<bool>("epoch check", &cmd).await
+    }
+
+    /// Makes sure KV has the epoch key (once it has, KV's own records are
+    /// authoritative for the edge). Retried by the watcher until it succeeds.
+    pub async fn ensure_kv_epoch(&self) {
+        let Some(kv) = &self.kv else { return };
+        if kv.epoch_pushed.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
+        let op = serde_json::json!([{ "op": "put", "key": store_epoch_key(&self.prefix), "value": shared::unix_now().to_string() }]);
+        if kv.push_once(&op).await {
+            kv.epoch_pushed
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            tracing::info!("kv sync: epoch set in the edge's KV");
+        }
     }
 
     pub async fn set_epoch(&self) -> Result<(), StoreError> {

@@ -107,6 +107,7 @@ pub async fn run(state: AppState) {
     loop {
         tokio::select! {
             _ = watch.tick() => {
+                state.store.ensure_kv_epoch().await;
                 if let Ok(false) = state.store.has_epoch().await {
                     match rebuild_store(&state).await {
                         Ok(n) => tracing::warn!(sessions = n, "redis had no epoch (restart or flush): session records rebuilt from postgres"),

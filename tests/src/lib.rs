@@ -22,11 +22,18 @@ pub const AUDIENCE: &str = "api.e2e.test";
 pub const REST_TOKEN: &str = "e2e-rest-token";
 
 pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn env_or(name: &str, default: &str) -> String {
@@ -35,7 +42,10 @@ fn env_or(name: &str, default: &str) -> String {
 
 pub fn random_hex() -> String {
     let mut bytes = [0u8; 8];
-    std::fs::File::open("/dev/urandom").unwrap().read_exact(&mut bytes).unwrap();
+    std::fs::File::open("/dev/urandom")
+        .unwrap()
+        .read_exact(&mut bytes)
+        .unwrap();
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -54,7 +64,10 @@ impl Process {
             .spawn()
             .unwrap_or_else(|e| panic!("starting {name} ({command:?}): {e}"));
         let log = Arc::new(Mutex::new(Vec::new()));
-        for mut stream in [Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>, Box::new(child.stderr.take().unwrap())] {
+        for mut stream in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
             let log = log.clone();
             std::thread::spawn(move || {
                 let mut buf = [0u8; 4096];
@@ -66,7 +79,11 @@ impl Process {
                 }
             });
         }
-        Process { name, child: Some(child), log }
+        Process {
+            name,
+            child: Some(child),
+            log,
+        }
     }
 
     pub fn log(&self) -> String {
@@ -81,7 +98,9 @@ impl Process {
     }
 
     pub fn exited(&mut self) -> bool {
-        self.child.as_mut().is_none_or(|c| c.try_wait().ok().flatten().is_some())
+        self.child
+            .as_mut()
+            .is_none_or(|c| c.try_wait().ok().flatten().is_some())
     }
 }
 
@@ -102,7 +121,11 @@ pub async fn wait_healthy(process: &mut Process, url: &str, timeout: Duration) {
             return;
         }
         if process.exited() || started.elapsed() > timeout {
-            panic!("{} did not become healthy at {url}:\n{}", process.name, process.log());
+            panic!(
+                "{} did not become healthy at {url}:\n{}",
+                process.name,
+                process.log()
+            );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -125,22 +148,31 @@ impl TcpProxy {
         let generation = Arc::new(AtomicUsize::new(0));
         let (up2, generation2) = (up.clone(), generation.clone());
         std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
             runtime.block_on(async move {
                 listener.set_nonblocking(true).unwrap();
                 let listener = tokio::net::TcpListener::from_std(listener).unwrap();
                 loop {
-                    let Ok((mut client, _)) = listener.accept().await else { continue };
+                    let Ok((mut client, _)) = listener.accept().await else {
+                        continue;
+                    };
                     if !up2.load(Ordering::SeqCst) {
                         continue; // dropped: connection closed at once
                     }
                     let (up, generation) = (up2.clone(), generation2.clone());
                     let born = generation.load(Ordering::SeqCst);
                     tokio::spawn(async move {
-                        let Ok(mut server) = tokio::net::TcpStream::connect(target).await else { return };
+                        let Ok(mut server) = tokio::net::TcpStream::connect(target).await else {
+                            return;
+                        };
                         let relay = tokio::io::copy_bidirectional(&mut client, &mut server);
                         let cut = async {
-                            while up.load(Ordering::SeqCst) && generation.load(Ordering::SeqCst) == born {
+                            while up.load(Ordering::SeqCst)
+                                && generation.load(Ordering::SeqCst) == born
+                            {
                                 tokio::time::sleep(Duration::from_millis(50)).await;
                             }
                         };
@@ -149,7 +181,11 @@ impl TcpProxy {
                 }
             });
         });
-        TcpProxy { port, up, generation }
+        TcpProxy {
+            port,
+            up,
+            generation,
+        }
     }
 
     pub fn set_up(&self, up: bool) {
@@ -168,7 +204,10 @@ pub struct Seen {
 
 impl Seen {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -186,7 +225,10 @@ impl Recorder {
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
         let seen2 = seen.clone();
         std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
             runtime.block_on(async move {
                 listener.set_nonblocking(true).unwrap();
                 let listener = tokio::net::TcpListener::from_std(listener).unwrap();
@@ -200,9 +242,16 @@ impl Recorder {
                             .iter()
                             .map(|(n, v)| (n.to_string(), v.to_str().unwrap_or("").to_string()))
                             .collect();
-                        seen.lock().unwrap().push(Seen { method: parts.method.to_string(), path: parts.uri.path().into(), headers: headers.clone() });
-                        let body = axum::body::to_bytes(body, 1 << 20).await.unwrap_or_default();
-                        let mut relay = http.request(parts.method.clone(), format!("{origin}{}", parts.uri));
+                        seen.lock().unwrap().push(Seen {
+                            method: parts.method.to_string(),
+                            path: parts.uri.path().into(),
+                            headers: headers.clone(),
+                        });
+                        let body = axum::body::to_bytes(body, 1 << 20)
+                            .await
+                            .unwrap_or_default();
+                        let mut relay =
+                            http.request(parts.method.clone(), format!("{origin}{}", parts.uri));
                         for (name, value) in &headers {
                             if name != "host" && name != "content-length" {
                                 relay = relay.header(name, value);
@@ -214,7 +263,11 @@ impl Recorder {
                                 let text = r.text().await.unwrap_or_default();
                                 (status, [("content-type", "application/json")], text)
                             }
-                            Err(_) => (reqwest::StatusCode::BAD_GATEWAY, [("content-type", "application/json")], "{}".into()),
+                            Err(_) => (
+                                reqwest::StatusCode::BAD_GATEWAY,
+                                [("content-type", "application/json")],
+                                "{}".into(),
+                            ),
                         }
                     }
                 });
@@ -255,7 +308,11 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Options { session_store: "upstash", store_timeout_ms: 1000, rest_delay_ms: 0 }
+        Options {
+            session_store: "upstash",
+            store_timeout_ms: 1000,
+            rest_delay_ms: 0,
+        }
     }
 }
 
@@ -282,32 +339,60 @@ impl Stack {
         let root = repo_root();
         let bin = |name: &str| {
             let path = root.join("target/debug").join(name);
-            assert!(path.exists(), "{} missing: run `cargo build -p origin -p redis-rest` (scripts/test does)", path.display());
+            assert!(
+                path.exists(),
+                "{} missing: run `cargo build -p origin -p redis-rest` (scripts/test does)",
+                path.display()
+            );
             path
         };
         let wrangler_bin = root.join("node_modules/.bin/wrangler");
-        assert!(wrangler_bin.exists() && root.join("edge/build/index.js").exists(), "run scripts/build-edge first (scripts/test does)");
+        assert!(
+            wrangler_bin.exists() && root.join("edge/build/index.js").exists(),
+            "run scripts/build-edge first (scripts/test does)"
+        );
         let dir = TempDir::new("stack");
         let prefix = format!("e2e{}:", random_hex());
-        let edge_secret = format!("{}{}{}{}", random_hex(), random_hex(), random_hex(), random_hex());
+        let edge_secret = format!(
+            "{}{}{}{}",
+            random_hex(),
+            random_hex(),
+            random_hex(),
+            random_hex()
+        );
         let redis_url = env_or("TEST_REDIS_URL", "redis://127.0.0.1:6379");
 
         // A fresh database, reached through a proxy the test can cut.
-        let admin = env_or("TEST_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres");
+        let admin = env_or(
+            "TEST_DATABASE_URL",
+            "postgres://postgres@127.0.0.1:5432/postgres",
+        );
         let database = format!("e2e_{}", random_hex());
         psql(&admin, &format!("create database {database}"));
-        let (host_port, _) = admin.trim_start_matches("postgres://").split_once('/').unwrap();
+        let (host_port, _) = admin
+            .trim_start_matches("postgres://")
+            .split_once('/')
+            .unwrap();
         let host_port = host_port.rsplit('@').next().unwrap();
-        let pg_addr: SocketAddr = host_port.replace("localhost", "127.0.0.1").parse().expect("TEST_DATABASE_URL host:port");
+        let pg_addr: SocketAddr = host_port
+            .replace("localhost", "127.0.0.1")
+            .parse()
+            .expect("TEST_DATABASE_URL host:port");
         let postgres = TcpProxy::start(pg_addr);
         let database_url = format!("postgres://postgres@127.0.0.1:{}/{database}", postgres.port);
 
         let rest_port = free_port();
-        let rest = spawn_rest(&bin("redis-rest"), rest_port, &redis_url, options.rest_delay_ms);
+        let rest = spawn_rest(
+            &bin("redis-rest"),
+            rest_port,
+            &redis_url,
+            options.rest_delay_ms,
+        );
 
         let origin_port = free_port();
         let origin = format!("http://127.0.0.1:{origin_port}");
         let key_file = dir.0.join("dev.key");
+        let edge_port = free_port();
         let mut command = Command::new(bin("origin"));
         command
             .env("DATABASE_URL", &database_url)
@@ -320,14 +405,27 @@ impl Stack {
             .env("AUDIENCE", AUDIENCE)
             .env("CLIENT_IP_HEADER", "x-forwarded-for")
             .env("LOG_FORMAT", "json");
+        if options.session_store == "kv" {
+            command.env(
+                "EDGE_KV_SYNC_URL",
+                format!("http://127.0.0.1:{edge_port}/__edge/kv"),
+            );
+        }
         let mut origin_process = Process::spawn("origin", command);
-        wait_healthy(&mut origin_process, &format!("{origin}/healthz"), Duration::from_secs(30)).await;
+        wait_healthy(
+            &mut origin_process,
+            &format!("{origin}/healthz"),
+            Duration::from_secs(30),
+        )
+        .await;
 
         let recorder = Recorder::start(origin.clone());
-        let edge_port = free_port();
         let vars = [
             ("ORIGIN_URL", origin.clone()),
-            ("UPSTREAM_URL", format!("http://127.0.0.1:{}", recorder.port)),
+            (
+                "UPSTREAM_URL",
+                format!("http://127.0.0.1:{}", recorder.port),
+            ),
             ("ISSUER", ISSUER.into()),
             ("AUDIENCE", AUDIENCE.into()),
             ("SESSION_STORE", options.session_store.into()),
@@ -353,7 +451,12 @@ impl Stack {
         let mut wrangler = Process::spawn("wrangler dev", command);
         let edge = format!("http://127.0.0.1:{edge_port}");
         // The JWKS passes through the edge to the origin: healthy means both are up.
-        wait_healthy(&mut wrangler, &format!("{edge}/.well-known/jwks.json"), Duration::from_secs(90)).await;
+        wait_healthy(
+            &mut wrangler,
+            &format!("{edge}/.well-known/jwks.json"),
+            Duration::from_secs(90),
+        )
+        .await;
 
         Stack {
             edge,
@@ -386,23 +489,51 @@ impl Stack {
         self.rest = spawn_rest(&bin, self.rest_port, &redis_url, self.options.rest_delay_ms);
         let started = Instant::now();
         while std::net::TcpStream::connect(("127.0.0.1", self.rest_port)).is_err() {
-            assert!(started.elapsed() < Duration::from_secs(10), "REST front did not restart");
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "REST front did not restart"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
     pub fn logs(&self) -> String {
-        format!("--- origin ---\n{}\n--- wrangler ---\n{}", self.origin_process.log(), self.wrangler.log())
+        format!(
+            "--- origin ---\n{}\n--- wrangler ---\n{}",
+            self.origin_process.log(),
+            self.wrangler.log()
+        )
     }
 
-    pub async fn post_json(&self, base: &str, path: &str, body: Value) -> (u16, Value, reqwest::header::HeaderMap) {
-        let response = self.http.post(format!("{base}{path}")).json(&body).send().await.expect("reachable");
+    pub async fn post_json(
+        &self,
+        base: &str,
+        path: &str,
+        body: Value,
+    ) -> (u16, Value, reqwest::header::HeaderMap) {
+        let response = self
+            .http
+            .post(format!("{base}{path}"))
+            .json(&body)
+            .send()
+            .await
+            .expect("reachable");
         let (status, headers) = (response.status().as_u16(), response.headers().clone());
         let text = response.text().await.unwrap_or_default();
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)), headers)
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+            headers,
+        )
     }
 
-    pub async fn get(&self, base: &str, path: &str, bearer: Option<&str>, extra: &[(&str, &str)]) -> (u16, Value, reqwest::header::HeaderMap) {
+    pub async fn get(
+        &self,
+        base: &str,
+        path: &str,
+        bearer: Option<&str>,
+        extra: &[(&str, &str)],
+    ) -> (u16, Value, reqwest::header::HeaderMap) {
         let mut request = self.http.get(format!("{base}{path}"));
         if let Some(token) = bearer {
             request = request.bearer_auth(token);
@@ -413,27 +544,58 @@ impl Stack {
         let response = request.send().await.expect("reachable");
         let (status, headers) = (response.status().as_u16(), response.headers().clone());
         let text = response.text().await.unwrap_or_default();
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)), headers)
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+            headers,
+        )
     }
 
     pub async fn bearer_post(&self, path: &str, token: &str) -> u16 {
-        self.http.post(format!("{}{path}", self.edge)).bearer_auth(token).send().await.expect("reachable").status().as_u16()
+        self.http
+            .post(format!("{}{path}", self.edge))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("reachable")
+            .status()
+            .as_u16()
     }
 
     /// Registers a fresh user through the edge and logs in: (username, password, tokens).
     pub async fn user(&self) -> (String, String, Value) {
-        let (username, password) = (format!("user-{}", random_hex()), format!("pw-{}", random_hex()));
+        let (username, password) = (
+            format!("user-{}", random_hex()),
+            format!("pw-{}", random_hex()),
+        );
         let creds = serde_json::json!({ "username": username, "password": password });
-        let (status, body, _) = self.post_json(&self.edge, "/auth/register", creds.clone()).await;
-        assert_eq!(status, 201, "register through the edge: {body}\n{}", self.logs());
+        let (status, body, _) = self
+            .post_json(&self.edge, "/auth/register", creds.clone())
+            .await;
+        assert_eq!(
+            status,
+            201,
+            "register through the edge: {body}\n{}",
+            self.logs()
+        );
         let tokens = self.login(&username, &password).await;
         (username, password, tokens)
     }
 
     pub async fn login(&self, username: &str, password: &str) -> Value {
-        let (status, body, _) =
-            self.post_json(&self.edge, "/auth/login", serde_json::json!({ "username": username, "password": password })).await;
-        assert_eq!(status, 200, "login through the edge: {body}\n{}", self.logs());
+        let (status, body, _) = self
+            .post_json(
+                &self.edge,
+                "/auth/login",
+                serde_json::json!({ "username": username, "password": password }),
+            )
+            .await;
+        assert_eq!(
+            status,
+            200,
+            "login through the edge: {body}\n{}",
+            self.logs()
+        );
         body
     }
 
@@ -441,7 +603,9 @@ impl Stack {
     pub fn signing_key(&self) -> shared::SigningKey {
         use base64::Engine as _;
         let text = std::fs::read_to_string(&self.key_file).unwrap();
-        let seed = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(text.trim()).unwrap();
+        let seed = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(text.trim())
+            .unwrap();
         shared::SigningKey::from_seed_slice(&seed).unwrap()
     }
 }
@@ -451,8 +615,14 @@ impl Drop for Stack {
         self.wrangler.stop();
         self.origin_process.stop();
         self.rest.stop();
-        let admin = env_or("TEST_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres");
-        psql(&admin, &format!("drop database if exists {} with (force)", self.database));
+        let admin = env_or(
+            "TEST_DATABASE_URL",
+            "postgres://postgres@127.0.0.1:5432/postgres",
+        );
+        psql(
+            &admin,
+            &format!("drop database if exists {} with (force)", self.database),
+        );
         let _ = &self.dir;
     }
 }
@@ -468,7 +638,12 @@ fn spawn_rest(bin: &PathBuf, port: u16, redis_url: &str, delay_ms: u64) -> Proce
 }
 
 fn psql(url: &str, sql: &str) {
-    let status = Command::new("psql").arg(url).args(["-qc", sql]).stdout(Stdio::null()).status().expect("psql installed");
+    let status = Command::new("psql")
+        .arg(url)
+        .args(["-qc", sql])
+        .stdout(Stdio::null())
+        .status()
+        .expect("psql installed");
     assert!(status.success(), "psql {sql}");
 }
 
@@ -476,5 +651,10 @@ fn psql(url: &str, sql: &str) {
 pub fn claims_of(token: &str) -> Value {
     use base64::Engine as _;
     let payload = token.split('.').nth(1).unwrap();
-    serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap()
+    serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap(),
+    )
+    .unwrap()
 }
