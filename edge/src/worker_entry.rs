@@ -30,6 +30,8 @@ thread_local! {
     static VERIFIED: RefCell<VerifiedCache> = RefCell::new(VerifiedCache::new(10_000));
     static KEYS: RefCell<KeyCache> = RefCell::new(KeyCache::default());
     static CRYPTO_KEYS: RefCell<HashMap<String, web_sys::CryptoKey>> = RefCell::new(HashMap::new());
+    /// One client per isolate (the project's HTTP client).
+    static HTTP: reqwest::Client = reqwest::Client::new();
 }
 
 fn now() -> u64 {
@@ -343,48 +345,87 @@ fn subtle() -> std::result::Result<web_sys::SubtleCrypto, wasm_bindgen::JsValue>
     Ok(js_sys::Reflect::get(&crypto, &"subtle".into())?.unchecked_into())
 }
 
-/// Reads the three values of the session in one round trip, within the budget.
+/// Where session records are read from: two real implementations, one per store.
+trait SessionStore {
+    /// The record, user not-before and epoch, in one round trip; `None` when the
+    /// store cannot answer.
+    async fn read(&self, keys: &[String; 3]) -> Option<[Option<String>; 3]>;
+}
+
+/// Upstash-style Redis REST: one `MGET` over HTTP with reqwest.
+struct UpstashStore<'a> {
+    url: &'a str,
+    token: &'a str,
+}
+
+#[cfg(not(feature = "upstash-worker-fetch"))]
+impl SessionStore for UpstashStore<'_> {
+    async fn read(&self, keys: &[String; 3]) -> Option<[Option<String>; 3]> {
+        let response = HTTP
+            .with(|c| c.clone())
+            .post(self.url)
+            .bearer_auth(self.token)
+            .header("content-type", "application/json")
+            .body(store::mget_body(keys))
+            .send()
+            .await
+            .ok()?;
+        let status = response.status().as_u16();
+        let bytes = response.bytes().await.ok()?;
+        store::parse_mget(status, &bytes).ok()
+    }
+}
+
+#[cfg(feature = "upstash-worker-fetch")]
+impl SessionStore for UpstashStore<'_> {
+    async fn read(&self, keys: &[String; 3]) -> Option<[Option<String>; 3]> {
+        let headers = Headers::new();
+        headers
+            .set("authorization", &format!("Bearer {}", self.token))
+            .ok()?;
+        headers.set("content-type", "application/json").ok()?;
+        let mut init = RequestInit::new();
+        init.with_method(Method::Post)
+            .with_headers(headers)
+            .with_body(Some(store::mget_body(keys).into()));
+        let request = Request::new_with_init(self.url, &init).ok()?;
+        let mut response = Fetch::Request(request).send().await.ok()?;
+        let status = response.status_code();
+        store::parse_mget(status, &response.bytes().await.ok()?).ok()
+    }
+}
+
+/// Workers KV: three reads in parallel from the `SESSIONS` binding.
+struct KvStore(worker::kv::KvStore);
+
+impl SessionStore for KvStore {
+    async fn read(&self, keys: &[String; 3]) -> Option<[Option<String>; 3]> {
+        let [a, b, c] = keys;
+        let (record, nbf, epoch) = futures::future::join3(
+            self.0.get(a).text(),
+            self.0.get(b).text(),
+            self.0.get(c).text(),
+        )
+        .await;
+        Some([record.ok()?, nbf.ok()?, epoch.ok()?])
+    }
+}
+
+/// Reads the session within the time budget and decides.
 async fn session(env: &Env, config: &Config, claims: &VerifiedClaims) -> Decision {
     let keys = store::keys(&config.key_prefix, claims);
     let budget = Duration::from_millis(config.store_timeout_ms);
     let values = match &config.store {
         StoreKind::Upstash { url, token } => {
-            let body = store::mget_body(&keys);
-            with_timeout(budget, |signal| async move {
-                let headers = Headers::new();
-                headers
-                    .set("authorization", &format!("Bearer {token}"))
-                    .ok()?;
-                headers.set("content-type", "application/json").ok()?;
-                let mut init = RequestInit::new();
-                init.with_method(Method::Post)
-                    .with_headers(headers)
-                    .with_body(Some(body.into()));
-                let request = Request::new_with_init(url, &init).ok()?;
-                let mut response = Fetch::Request(request)
-                    .send_with_signal(&signal)
-                    .await
-                    .ok()?;
-                let status = response.status_code();
-                let bytes = response.bytes().await.ok()?;
-                store::parse_mget(status, &bytes).ok()
-            })
-            .await
-            .flatten()
+            let store = UpstashStore { url, token };
+            with_timeout(budget, |_| store.read(&keys)).await.flatten()
         }
         StoreKind::Kv => {
             let Ok(kv) = env.kv("SESSIONS") else {
                 return Decision::Unknown;
             };
-            with_timeout(budget, |_signal| async move {
-                let [a, b, c] = &keys;
-                let (record, nbf, epoch) =
-                    futures::future::join3(kv.get(a).text(), kv.get(b).text(), kv.get(c).text())
-                        .await;
-                Some([record.ok()?, nbf.ok()?, epoch.ok()?])
-            })
-            .await
-            .flatten()
+            let store = KvStore(kv);
+            with_timeout(budget, |_| store.read(&keys)).await.flatten()
         }
     };
     match values {

@@ -188,9 +188,14 @@ impl TcpProxy {
         }
     }
 
+    /// Cuts or restores the link. Returns once every relayed connection has seen a
+    /// cut (relays poll every 50 ms), so the next request cannot use an old one.
     pub fn set_up(&self, up: bool) {
         self.generation.fetch_add(1, Ordering::SeqCst);
         self.up.store(up, Ordering::SeqCst);
+        if !up {
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 }
 

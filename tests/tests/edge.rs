@@ -445,6 +445,8 @@ async fn with_the_kv_store_the_flow_works_and_revocation_reaches_the_edge() {
     // The origin pushes the epoch to KV every 2 s until it lands; before that the
     // edge rightly treats KV as unknown and asks the origin.
     tokio::time::sleep(Duration::from_secs(3)).await;
+    // The example API caches usernames; warm it for both sessions' user.
+    assert_eq!(stack.get(&stack.edge, "/api/me", Some(&access(&tokens)), &[]).await.0, 200);
 
     // With Postgres cut the origin's fallback cannot answer (it would be 503), so
     // each answer below comes from KV alone.
