@@ -446,7 +446,13 @@ async fn with_the_kv_store_the_flow_works_and_revocation_reaches_the_edge() {
     // edge rightly treats KV as unknown and asks the origin.
     tokio::time::sleep(Duration::from_secs(3)).await;
     // The example API caches usernames; warm it for both sessions' user.
-    assert_eq!(stack.get(&stack.edge, "/api/me", Some(&access(&tokens)), &[]).await.0, 200);
+    assert_eq!(
+        stack
+            .get(&stack.edge, "/api/me", Some(&access(&tokens)), &[])
+            .await
+            .0,
+        200
+    );
 
     // With Postgres cut the origin's fallback cannot answer (it would be 503), so
     // each answer below comes from KV alone.
@@ -534,4 +540,63 @@ async fn kv_pushes_without_a_valid_proof_are_refused() {
         }
         assert_eq!(request.send().await.unwrap().status().as_u16(), 401);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_responses_pass_through_with_their_headers_and_the_client_address() {
+    let stack = Stack::start(Options::default()).await;
+    let (username, password, tokens) = stack.user().await;
+
+    // Token responses keep Cache-Control: no-store through the edge.
+    let (status, _, headers) = stack
+        .post_json(
+            &stack.edge,
+            "/auth/login",
+            json!({"username": username, "password": password}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        headers.get("cache-control").map(|v| v.to_str().unwrap()),
+        Some("no-store")
+    );
+
+    // The origin saw the client's address (what wrangler dev reports), not the edge's
+    // absence of one: the session list carries it.
+    let response = stack
+        .http
+        .get(format!("{}/auth/sessions", stack.edge))
+        .bearer_auth(access(&tokens))
+        .send()
+        .await
+        .unwrap();
+    let sessions: Value = response.json().await.unwrap();
+    let ip = sessions[0]["ip"].as_str().unwrap_or_default().to_string();
+    assert!(
+        ip.parse::<std::net::IpAddr>().is_ok() && ip != "0.0.0.0",
+        "session ip {ip:?}"
+    );
+
+    // A throttled login keeps its status, body and Retry-After.
+    let mut throttled = None;
+    for _ in 0..20 {
+        let (status, body, headers) = stack
+            .post_json(
+                &stack.edge,
+                "/auth/login",
+                json!({"username": username, "password": "wrong password"}),
+            )
+            .await;
+        if status == 429 {
+            throttled = Some((body, headers));
+            break;
+        }
+        assert_eq!(status, 401);
+    }
+    let (body, headers) = throttled.expect("throttled through the edge");
+    assert_eq!(body["error"], json!("slow_down"));
+    assert!(
+        headers.get("retry-after").is_some(),
+        "Retry-After passes through"
+    );
 }
