@@ -4,6 +4,7 @@
 
 TOOLS_DIR="${EDGE_AUTH_TOOLS:-${XDG_CACHE_HOME:-$HOME/.cache}/edge-auth/tools}"
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+TARGET_DIR="${CARGO_TARGET_DIR:-$REPO_ROOT/target}"
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 die() { printf '\033[31merror: %s\033[0m\n' "$*" >&2; exit 1; }

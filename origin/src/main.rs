@@ -17,6 +17,11 @@ use sqlx::postgres::PgPoolOptions;
 
 #[tokio::main]
 async fn main() {
+    // `origin healthcheck`: the container's HEALTHCHECK, which has no curl. Needs no
+    // other configuration than LISTEN_ADDR.
+    if std::env::args().nth(1).as_deref() == Some("healthcheck") {
+        std::process::exit(healthcheck());
+    }
     let config = Config::parse();
     init_logging(&config.log_format);
     if let Err(error) = run(config).await {
@@ -119,6 +124,27 @@ async fn connect_db(url: &str) -> Result<sqlx::PgPool, String> {
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     Err(format!("connecting to postgres (DATABASE_URL): {last}"))
+}
+
+/// GET /healthz on the listen address; 0 if it answers 200.
+fn healthcheck() -> i32 {
+    use std::io::{Read, Write};
+    let addr = std::env::var("LISTEN_ADDR").unwrap_or_else(|_| "127.0.0.1:8080".into());
+    let addr = addr.replace("0.0.0.0", "127.0.0.1");
+    let Ok(mut stream) = std::net::TcpStream::connect(&addr) else {
+        return 1;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(3)));
+    let request = format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let mut reply = String::new();
+    if stream.write_all(request.as_bytes()).is_err() || stream.read_to_string(&mut reply).is_err() {
+        return 1;
+    }
+    if reply.starts_with("HTTP/1.1 200") {
+        0
+    } else {
+        1
+    }
 }
 
 async fn shutdown_signal() {
