@@ -127,17 +127,28 @@ impl Store {
         StoreError
     }
 
+    /// Runs one Redis operation on the shared connection within the time budget;
+    /// a timeout or any error counts as the store being unavailable.
+    async fn budgeted<T>(
+        &self,
+        what: &'static str,
+        op: impl AsyncFnOnce(&mut ConnectionManager) -> redis::RedisResult<T>,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.conn().await?;
+        match tokio::time::timeout(TIMEOUT, op(&mut conn)).await {
+            Ok(Ok(value)) => Ok(value),
+            _ => Err(self.failed(what)),
+        }
+    }
+
     /// Runs one command within the time budget.
     pub async fn run<T: redis::FromRedisValue>(
         &self,
         what: &'static str,
         cmd: &redis::Cmd,
     ) -> Result<T, StoreError> {
-        let mut conn = self.conn().await?;
-        match tokio::time::timeout(TIMEOUT, cmd.query_async(&mut conn)).await {
-            Ok(Ok(value)) => Ok(value),
-            _ => Err(self.failed(what)),
-        }
+        self.budgeted(what, async |conn| cmd.query_async(conn).await)
+            .await
     }
 
     pub async fn run_pipe<T: redis::FromRedisValue>(
@@ -145,11 +156,8 @@ impl Store {
         what: &'static str,
         pipe: &redis::Pipeline,
     ) -> Result<T, StoreError> {
-        let mut conn = self.conn().await?;
-        match tokio::time::timeout(TIMEOUT, pipe.query_async(&mut conn)).await {
-            Ok(Ok(value)) => Ok(value),
-            _ => Err(self.failed(what)),
-        }
+        self.budgeted(what, async |conn| pipe.query_async(conn).await)
+            .await
     }
 
     pub async fn run_script<T: redis::FromRedisValue>(
@@ -157,11 +165,8 @@ impl Store {
         what: &'static str,
         invocation: redis::ScriptInvocation<'_>,
     ) -> Result<T, StoreError> {
-        let mut conn = self.conn().await?;
-        match tokio::time::timeout(TIMEOUT, invocation.invoke_async(&mut conn)).await {
-            Ok(Ok(value)) => Ok(value),
-            _ => Err(self.failed(what)),
-        }
+        self.budgeted(what, async |conn| invocation.invoke_async(conn).await)
+            .await
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {
