@@ -5,6 +5,7 @@
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod consistency;
 pub mod error;
 pub mod extract;
 pub mod health;

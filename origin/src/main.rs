@@ -22,6 +22,12 @@ async fn main() {
     if std::env::args().nth(1).as_deref() == Some("healthcheck") {
         std::process::exit(healthcheck());
     }
+    // `origin check-consistency`: compares Postgres and Redis and exits (operators,
+    // fault tests). Configured by the same environment as the server.
+    if std::env::args().nth(1).as_deref() == Some("check-consistency") {
+        let config = Config::parse_from(std::env::args().take(1).chain(std::env::args().skip(2)));
+        std::process::exit(origin::consistency::run(&config).await);
+    }
     let config = Config::parse();
     init_logging(&config.log_format);
     if let Err(error) = run(config).await {

@@ -62,14 +62,30 @@ pub async fn rebuild_store(state: &AppState) -> Result<usize, String> {
             auth_time_ms: created_at.timestamp_millis() as u64,
             exp: expires_at.timestamp() as u64,
         };
-        let ttl = (access_expires_at.timestamp() - now.timestamp()).max(0) as u64
-            + state.config.session_record_buffer_secs;
+        // Exactly what `issue` gave it: the access token's rest plus the buffer.
+        let ttl = access_expires_at.timestamp() - now.timestamp()
+            + state.config.session_record_buffer_secs as i64;
+        if ttl <= 0 {
+            continue;
+        }
         state
             .store
-            .publish(&id.to_string(), &record, ttl)
+            .publish(&id.to_string(), &record, ttl as u64)
             .await
             .map_err(|_| "redis failed during rebuild")?;
     }
+    // A session revoked (by another origin) between the read above and its publish
+    // would be back in Redis: look again now that every publish is done. A revocation
+    // committed after this read deletes its record after our publish, so none is missed.
+    let ids: Vec<Uuid> = rows.iter().map(|row| row.0).collect();
+    let revoked: Vec<(Uuid, Uuid)> = sqlx::query_as(
+        "select id, user_id from session where id = any($1) and revoked_at is not null",
+    )
+    .bind(&ids)
+    .fetch_all(&state.db)
+    .await
+    .map_err(|e| e.to_string())?;
+    remove_records(state, &revoked).await?;
     let horizon =
         (state.config.access_token_ttl_secs + state.config.session_record_buffer_secs) as f64;
     let users: Vec<(Uuid, DateTime<Utc>)> = sqlx::query_as(
@@ -100,14 +116,62 @@ pub async fn rebuild_store(state: &AppState) -> Result<usize, String> {
     Ok(rows.len())
 }
 
-/// Runs forever: cleanup every 10 minutes, flush detection every 2 seconds.
+/// Removes the records of `(session, user)` pairs, grouped by user.
+async fn remove_records(state: &AppState, sessions: &[(Uuid, Uuid)]) -> Result<(), String> {
+    let mut by_user: std::collections::HashMap<Uuid, Vec<String>> = Default::default();
+    for (id, user_id) in sessions {
+        by_user.entry(*user_id).or_default().push(id.to_string());
+    }
+    for (user_id, ids) in by_user {
+        state
+            .store
+            .remove(&user_id.to_string(), &ids)
+            .await
+            .map_err(|_| "redis failed removing revoked records")?;
+    }
+    Ok(())
+}
+
+/// Repairs what a predecessor killed mid-request may have left in Redis. Revocations
+/// and rotations commit in Postgres first and touch Redis after (their retries live
+/// in memory), so a SIGKILL in between leaves a revoked session's record behind (the
+/// edge would still accept it) or an active session without its record. Removes the
+/// records of sessions revoked recently enough for a record to live, then republishes
+/// the active ones.
+pub async fn reconcile_after_start(state: &AppState) -> Result<usize, String> {
+    let horizon =
+        (state.config.access_token_ttl_secs + state.config.session_record_buffer_secs) as f64;
+    let revoked: Vec<(Uuid, Uuid)> = sqlx::query_as(
+        "select id, user_id from session where revoked_at > now() - make_interval(secs => $1)",
+    )
+    .bind(horizon)
+    .fetch_all(&state.db)
+    .await
+    .map_err(|e| e.to_string())?;
+    remove_records(state, &revoked).await?;
+    rebuild_store(state).await
+}
+
+/// Runs forever: the start-up reconciliation (retried until it succeeds), cleanup every
+/// 10 minutes, flush detection every 2 seconds.
 pub async fn run(state: AppState) {
     let mut watch = tokio::time::interval(WATCH_EVERY);
     let mut cleanup_tick = tokio::time::interval(CLEANUP_EVERY);
+    let mut reconciled = false;
     loop {
         tokio::select! {
             _ = watch.tick() => {
                 state.store.ensure_kv_epoch().await;
+                if !reconciled {
+                    match reconcile_after_start(&state).await {
+                        Ok(n) => {
+                            reconciled = true;
+                            tracing::info!(sessions = n, "start-up reconciliation: redis matches postgres");
+                        }
+                        Err(e) => tracing::warn!(error = %e, "start-up reconciliation failed; will retry"),
+                    }
+                    continue;
+                }
                 if let Ok(false) = state.store.has_epoch().await {
                     match rebuild_store(&state).await {
                         Ok(n) => tracing::warn!(sessions = n, "redis had no epoch (restart or flush): session records rebuilt from postgres"),

@@ -1,0 +1,456 @@
+//! `origin check-consistency`: does Redis say about every session what Postgres (the
+//! source of truth) says? For operators after an incident, and for the fault tests.
+//!
+//! ```text
+//! DATABASE_URL=… REDIS_URL=… REDIS_PREFIX=auth: origin check-consistency
+//! ```
+//!
+//! The rules, for each session row and each key under the prefix:
+//! - an active session (not revoked, within its absolute and idle lifetimes, not ended
+//!   by logout-everywhere) whose latest access token plus the record buffer has not run
+//!   out has a record, with the row's user, scope, authentication time and end, and a
+//!   TTL no longer than that remaining time;
+//! - a revoked session, or one ended by logout-everywhere, has no record; an expired
+//!   one has none or one whose own `exp` has passed (the edge refuses it already);
+//! - a record whose session Postgres does not know (under that user) is an error;
+//! - a user whose logout-everywhere is recent enough that tokens from before it may
+//!   live has a not-before key holding exactly its time; no other user has one;
+//! - the epoch key exists (without it the store is being rebuilt and proves nothing).
+//!
+//! Times within [`SLACK_SECS`] of a boundary are not judged either way: a record may
+//! expire, or a key be written, while the check runs. No repair is offered:
+//! republishing from a snapshot races with revocations made meanwhile; deleting the
+//! epoch key makes every origin rebuild the records from Postgres, and a restarted
+//! origin removes the records of recently revoked sessions (see `tasks`).
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use shared::session::{SessionRecord, session_key, store_epoch_key, user_not_before_key};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+/// Seconds around a time boundary within which either answer is accepted.
+pub const SLACK_SECS: i64 = 5;
+
+/// The lifetimes the check needs, as the origins were configured.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub access_token_ttl_secs: u64,
+    pub session_record_buffer_secs: u64,
+    pub session_idle_ttl_secs: u64,
+}
+
+impl From<&crate::config::Config> for Limits {
+    fn from(config: &crate::config::Config) -> Self {
+        Limits {
+            access_token_ttl_secs: config.access_token_ttl_secs,
+            session_record_buffer_secs: config.session_record_buffer_secs,
+            session_idle_ttl_secs: config.session_idle_ttl_secs,
+        }
+    }
+}
+
+/// One disagreement between Postgres and Redis.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Problem {
+    /// An active session whose record should be live is absent.
+    MissingRecord { session: Uuid },
+    /// A record exists for a session Postgres has revoked (or ended by logout-all).
+    RecordOfRevokedSession { session: Uuid },
+    /// A live record for a session past its absolute end.
+    RecordOfExpiredSession { session: Uuid },
+    /// A record under a user/session pair Postgres does not have.
+    RecordOfUnknownSession { key: String },
+    /// A record that is not one the origin writes.
+    UndecodableRecord { key: String },
+    /// A record whose content differs from the row.
+    RecordMismatch { session: Uuid, field: &'static str },
+    /// A record without an expiry, or living longer than its access token can.
+    RecordTtl {
+        session: Uuid,
+        ttl_secs: i64,
+        max_secs: i64,
+    },
+    /// A recent logout-everywhere with no not-before key.
+    MissingNotBefore { user: Uuid },
+    /// A not-before key whose time is not the user's in Postgres.
+    NotBeforeMismatch {
+        user: Uuid,
+        redis_ms: String,
+        postgres_ms: i64,
+    },
+    /// A not-before key for a user with no recent logout-everywhere.
+    StrayNotBefore { key: String },
+    /// No epoch key: the store restarted or was flushed and is not rebuilt yet.
+    NoEpoch,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Problem::MissingRecord { session } => {
+                write!(
+                    f,
+                    "session {session}: active in Postgres, no record in Redis"
+                )
+            }
+            Problem::RecordOfRevokedSession { session } => write!(
+                f,
+                "session {session}: revoked in Postgres, record still in Redis (the edge would accept it)"
+            ),
+            Problem::RecordOfExpiredSession { session } => write!(
+                f,
+                "session {session}: past its end in Postgres, live record in Redis"
+            ),
+            Problem::RecordOfUnknownSession { key } => {
+                write!(f, "{key}: record of a session Postgres does not have")
+            }
+            Problem::UndecodableRecord { key } => write!(f, "{key}: not a session record"),
+            Problem::RecordMismatch { session, field } => {
+                write!(
+                    f,
+                    "session {session}: record's {field} differs from Postgres"
+                )
+            }
+            Problem::RecordTtl {
+                session,
+                ttl_secs,
+                max_secs,
+            } => write!(
+                f,
+                "session {session}: record TTL {ttl_secs} s (-1 = none), at most {max_secs} s expected"
+            ),
+            Problem::MissingNotBefore { user } => write!(
+                f,
+                "user {user}: recent logout-everywhere in Postgres, no not-before in Redis"
+            ),
+            Problem::NotBeforeMismatch {
+                user,
+                redis_ms,
+                postgres_ms,
+            } => write!(
+                f,
+                "user {user}: not-before {redis_ms} in Redis, {postgres_ms} in Postgres"
+            ),
+            Problem::StrayNotBefore { key } => {
+                write!(f, "{key}: not-before without a recent logout-everywhere")
+            }
+            Problem::NoEpoch => write!(
+                f,
+                "no epoch key: Redis restarted or was flushed and is not rebuilt yet"
+            ),
+        }
+    }
+}
+
+/// What the check looked at and what it found.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub sessions: usize,
+    pub active_sessions: usize,
+    pub records: usize,
+    pub not_befores: usize,
+    pub problems: Vec<Problem>,
+}
+
+impl Report {
+    pub fn agrees(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for problem in &self.problems {
+            writeln!(f, "DISAGREE {problem}")?;
+        }
+        write!(
+            f,
+            "{} sessions in Postgres ({} active), {} records and {} not-befores in Redis: ",
+            self.sessions, self.active_sessions, self.records, self.not_befores
+        )?;
+        if self.agrees() {
+            write!(f, "they agree")
+        } else {
+            write!(f, "{} disagreements", self.problems.len())
+        }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct Row {
+    id: Uuid,
+    user_id: Uuid,
+    scope: String,
+    created_at: DateTime<Utc>,
+    last_used_at: DateTime<Utc>,
+    expires_at: DateTime<Utc>,
+    access_expires_at: DateTime<Utc>,
+    revoked_at: Option<DateTime<Utc>>,
+    sessions_not_before: Option<DateTime<Utc>>,
+}
+
+/// Escapes Redis glob characters so the prefix matches only itself in `SCAN MATCH`.
+fn glob_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Every key matching `pattern`, with its value and remaining TTL in seconds.
+async fn scan(
+    redis: &mut redis::aio::MultiplexedConnection,
+    pattern: &str,
+) -> redis::RedisResult<Vec<(String, Option<Vec<u8>>, i64)>> {
+    let mut keys: Vec<String> = Vec::new();
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(redis)
+            .await?;
+        keys.extend(batch);
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    // SCAN may return a key twice.
+    keys.sort();
+    keys.dedup();
+    let mut out = Vec::with_capacity(keys.len());
+    for chunk in keys.chunks(500) {
+        let mut pipe = redis::pipe();
+        for key in chunk {
+            pipe.cmd("GET").arg(key).cmd("TTL").arg(key);
+        }
+        let values: Vec<redis::Value> = pipe.query_async(redis).await?;
+        for (key, pair) in chunk.iter().zip(values.chunks(2)) {
+            let value: Option<Vec<u8>> = redis::from_redis_value(&pair[0])?;
+            let ttl: i64 = redis::from_redis_value(&pair[1])?;
+            // -2: the key expired between SCAN and GET; it is simply absent.
+            if ttl != -2 {
+                out.push((key.clone(), value, ttl));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Compares Postgres and the Redis keys under `prefix`.
+pub async fn check(
+    db: &PgPool,
+    redis: &mut redis::aio::MultiplexedConnection,
+    prefix: &str,
+    limits: Limits,
+) -> Result<Report, String> {
+    // Postgres's clock for every time decision: the rows were written with it.
+    let rows: Vec<Row> = sqlx::query_as(
+        "select s.id, s.user_id, s.scope, s.created_at, s.last_used_at, s.expires_at, \
+                s.access_expires_at, s.revoked_at, u.sessions_not_before \
+         from session s join app_user u on u.id = s.user_id",
+    )
+    .fetch_all(db)
+    .await
+    .map_err(|e| format!("reading sessions from Postgres: {e}"))?;
+    // Read after the rows: a row is never judged by a clock older than itself.
+    let now: DateTime<Utc> = sqlx::query_scalar("select now()")
+        .fetch_one(db)
+        .await
+        .map_err(|e| format!("reading Postgres's clock: {e}"))?;
+    let records = scan(redis, &format!("{}sess:*", glob_escape(prefix)))
+        .await
+        .map_err(|e| format!("reading session records from Redis: {e}"))?;
+    let not_befores = scan(redis, &format!("{}nbf:*", glob_escape(prefix)))
+        .await
+        .map_err(|e| format!("reading not-befores from Redis: {e}"))?;
+    let epoch: bool = redis::cmd("EXISTS")
+        .arg(store_epoch_key(prefix))
+        .query_async(redis)
+        .await
+        .map_err(|e| format!("reading the epoch key from Redis: {e}"))?;
+
+    let mut report = Report {
+        sessions: rows.len(),
+        records: records.len(),
+        not_befores: not_befores.len(),
+        ..Report::default()
+    };
+    if !epoch {
+        report.problems.push(Problem::NoEpoch);
+    }
+    let mut by_key: HashMap<String, (Option<Vec<u8>>, i64)> = records
+        .into_iter()
+        .map(|(key, value, ttl)| (key, (value, ttl)))
+        .collect();
+    let buffer = limits.session_record_buffer_secs as i64;
+    let idle = chrono::Duration::seconds(limits.session_idle_ttl_secs as i64);
+    let slack = chrono::Duration::seconds(SLACK_SECS);
+    let mut users: HashMap<Uuid, Option<DateTime<Utc>>> = HashMap::new();
+
+    for row in &rows {
+        users.insert(row.user_id, row.sessions_not_before);
+        let key = session_key(prefix, &row.user_id.to_string(), &row.id.to_string());
+        let found = by_key.remove(&key);
+        let ended_by_logout_all = row
+            .sessions_not_before
+            .is_some_and(|nbf| row.created_at <= nbf);
+        let revoked = row.revoked_at.is_some() || ended_by_logout_all;
+        let past_end = row.expires_at <= now || row.last_used_at + idle <= now;
+        // Seconds the record may still live: the access token's rest plus the buffer.
+        let record_left = (row.access_expires_at - now).num_seconds() + buffer;
+        if !revoked && !past_end {
+            report.active_sessions += 1;
+        }
+        let Some((value, ttl)) = found else {
+            if !revoked && !past_end && record_left > SLACK_SECS {
+                report
+                    .problems
+                    .push(Problem::MissingRecord { session: row.id });
+            }
+            continue;
+        };
+        if revoked {
+            report
+                .problems
+                .push(Problem::RecordOfRevokedSession { session: row.id });
+            continue;
+        }
+        let Some(record) = value.as_deref().and_then(|v| SessionRecord::decode(v).ok()) else {
+            report.problems.push(Problem::UndecodableRecord { key });
+            continue;
+        };
+        if past_end {
+            // The record's own end makes the edge refuse it; a live one that does not is wrong.
+            if (record.exp as i64) > now.timestamp() + SLACK_SECS && row.expires_at + slack < now {
+                report
+                    .problems
+                    .push(Problem::RecordOfExpiredSession { session: row.id });
+            }
+            continue;
+        }
+        let mismatches = [
+            ("sub", record.sub != row.user_id.to_string()),
+            ("scope", record.scope != row.scope),
+            (
+                "auth_time_ms",
+                record.auth_time_ms as i64 != row.created_at.timestamp_millis(),
+            ),
+            ("exp", record.exp as i64 != row.expires_at.timestamp()),
+        ];
+        for (field, differs) in mismatches {
+            if differs {
+                report.problems.push(Problem::RecordMismatch {
+                    session: row.id,
+                    field,
+                });
+            }
+        }
+        if ttl < 0 || ttl > record_left + SLACK_SECS {
+            report.problems.push(Problem::RecordTtl {
+                session: row.id,
+                ttl_secs: ttl,
+                max_secs: record_left.max(0),
+            });
+        }
+    }
+    let mut unknown: Vec<String> = by_key.into_keys().collect();
+    unknown.sort();
+    for key in unknown {
+        report
+            .problems
+            .push(Problem::RecordOfUnknownSession { key });
+    }
+
+    // Not-befores: logout-everywhere writes them for longer (plus the leeway), but the
+    // rebuild republishes them only this long, so only this long are they required.
+    let horizon = (limits.access_token_ttl_secs + limits.session_record_buffer_secs) as i64;
+    let mut seen: HashSet<Uuid> = HashSet::new();
+    for (key, value, _) in &not_befores {
+        let user = users
+            .iter()
+            .find(|(id, _)| user_not_before_key(prefix, &id.to_string()) == *key)
+            .map(|(id, nbf)| (*id, *nbf));
+        let Some((user, Some(nbf))) = user else {
+            report
+                .problems
+                .push(Problem::StrayNotBefore { key: key.clone() });
+            continue;
+        };
+        seen.insert(user);
+        let redis_ms = value
+            .as_deref()
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .unwrap_or_default();
+        if redis_ms.parse::<i64>().ok() != Some(nbf.timestamp_millis()) {
+            report.problems.push(Problem::NotBeforeMismatch {
+                user,
+                redis_ms,
+                postgres_ms: nbf.timestamp_millis(),
+            });
+        }
+    }
+    let mut recent: Vec<Uuid> = users
+        .iter()
+        .filter(|(id, nbf)| {
+            !seen.contains(id)
+                && nbf.is_some_and(|nbf| (now - nbf).num_seconds() < horizon - SLACK_SECS)
+        })
+        .map(|(id, _)| *id)
+        .collect();
+    recent.sort();
+    for user in recent {
+        report.problems.push(Problem::MissingNotBefore { user });
+    }
+    Ok(report)
+}
+
+/// The subcommand: connects with the origin's own settings, prints the report, and
+/// returns the exit code (0 agree, 1 disagree, 2 could not check).
+pub async fn run(config: &crate::config::Config) -> i32 {
+    use secrecy::ExposeSecret;
+    let db = match sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(std::time::Duration::from_secs(10))
+        .connect(config.database_url.expose_secret())
+        .await
+    {
+        Ok(db) => db,
+        Err(e) => {
+            eprintln!("error: connecting to Postgres (DATABASE_URL): {e}");
+            return 2;
+        }
+    };
+    let redis = match redis::Client::open(config.redis_url.expose_secret()) {
+        Ok(client) => client.get_multiplexed_async_connection().await,
+        Err(e) => Err(e),
+    };
+    let mut redis = match redis {
+        Ok(conn) => conn,
+        Err(e) => {
+            eprintln!("error: connecting to Redis (REDIS_URL): {e}");
+            return 2;
+        }
+    };
+    match check(&db, &mut redis, &config.redis_prefix, Limits::from(config)).await {
+        Ok(report) => {
+            println!("{report}");
+            if report.agrees() { 0 } else { 1 }
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            2
+        }
+    }
+}

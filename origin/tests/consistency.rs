@@ -1,0 +1,122 @@
+//! `origin check-consistency` (issue 7): it agrees on a healthy store, names every kind
+//! of planted disagreement (so it can fail), and a restarted origin repairs what a
+//! killed one could have left behind.
+
+mod common;
+
+use common::Origin;
+use reqwest::StatusCode;
+
+/// Runs the subcommand against this origin's database, Redis and prefix.
+fn check(origin: &Origin) -> (i32, String) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_origin"))
+        .arg("check-consistency")
+        .env_clear()
+        .env("DATABASE_URL", &origin.db.url)
+        .env("REDIS_URL", common::redis_url())
+        .env("REDIS_PREFIX", &origin.prefix)
+        .output()
+        .expect("run origin check-consistency");
+    (
+        output.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ),
+    )
+}
+
+async fn redis(origin: &Origin, args: &[&str]) -> redis::Value {
+    let mut conn = origin.redis.clone();
+    let mut cmd = redis::cmd(args[0]);
+    for arg in &args[1..] {
+        cmd.arg(*arg);
+    }
+    cmd.query_async(&mut conn).await.expect("redis command")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_consistency_agrees_on_a_healthy_store_and_names_each_planted_disagreement() {
+    let mut origin = Origin::start().await;
+    let user = origin.new_user().await;
+    let kept = origin.login_ok(&user.username, &user.password).await;
+    let emptied = origin.login_ok(&user.username, &user.password).await;
+    let revoked = origin.login_ok(&user.username, &user.password).await;
+    let logout = origin
+        .bearer(reqwest::Method::POST, "/auth/logout", revoked.access())
+        .await;
+    assert_eq!(logout.status, StatusCode::NO_CONTENT);
+    // The start-up reconciliation runs at once; let it finish before judging.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+
+    let (code, report) = check(&origin);
+    assert_eq!(code, 0, "healthy store: {report}");
+    assert!(report.contains("they agree"), "{report}");
+    assert!(
+        report.contains("3 sessions in Postgres (2 active)"),
+        "{report}"
+    );
+
+    // Plant one disagreement of each kind.
+    let kept_key = origin.session_key(&kept.sub(), &kept.sid());
+    let value = match redis(&origin, &["GET", &kept_key]).await {
+        redis::Value::BulkString(bytes) => String::from_utf8(bytes).unwrap(),
+        other => panic!("record of the kept session: {other:?}"),
+    };
+    let revoked_key = origin.session_key(&revoked.sub(), &revoked.sid());
+    let unknown_sid = "0d7c2f3e-0000-4000-8000-00000000beef";
+    let unknown_key = origin.session_key(&kept.sub(), unknown_sid);
+    redis(&origin, &["SET", &revoked_key, &value, "EX", "600"]).await;
+    redis(&origin, &["SET", &unknown_key, &value, "EX", "600"]).await;
+    redis(
+        &origin,
+        &["DEL", &origin.session_key(&emptied.sub(), &emptied.sid())],
+    )
+    .await;
+    redis(&origin, &["PERSIST", &kept_key]).await;
+
+    let (code, report) = check(&origin);
+    assert_eq!(code, 1, "{report}");
+    for expected in [
+        format!(
+            "session {}: revoked in Postgres, record still in Redis",
+            revoked.sid()
+        ),
+        format!("{unknown_key}: record of a session Postgres does not have"),
+        format!(
+            "session {}: active in Postgres, no record in Redis",
+            emptied.sid()
+        ),
+        format!("session {}: record TTL -1 s", kept.sid()),
+        "4 disagreements".to_string(),
+    ] {
+        assert!(
+            report.contains(&expected),
+            "missing {expected:?} in:\n{report}"
+        );
+    }
+
+    // A flushed store (no epoch) is reported too.
+    let epoch = shared::session::store_epoch_key(&origin.prefix);
+    redis(&origin, &["RENAME", &epoch, &format!("{epoch}-aside")]).await;
+    let (_, report) = check(&origin);
+    assert!(report.contains("no epoch key"), "{report}");
+    redis(&origin, &["RENAME", &format!("{epoch}-aside"), &epoch]).await;
+
+    // A restarted origin repairs what a killed one can leave: the revoked session's
+    // record goes, the missing one comes back, the TTL is set again. A record of a
+    // session Postgres never had is not something an origin writes: it stays reported.
+    origin.kill_and_restart().await;
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let (code, report) = check(&origin);
+    assert_eq!(code, 1, "{report}");
+    assert!(
+        report.contains("1 disagreements") && report.contains(unknown_sid),
+        "{report}"
+    );
+    redis(&origin, &["DEL", &unknown_key]).await;
+    let (code, report) = check(&origin);
+    assert_eq!(code, 0, "after the restart's reconciliation: {report}");
+    eprintln!("check-consistency after repair: {}", report.trim());
+}
