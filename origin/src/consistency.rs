@@ -10,8 +10,9 @@
 //!   by logout-everywhere) whose latest access token plus the record buffer has not run
 //!   out has a record, with the row's user, scope, authentication time and end, and a
 //!   TTL no longer than that remaining time;
-//! - a revoked session, or one ended by logout-everywhere, has no record; an expired
-//!   one has none or one whose own `exp` has passed (the edge refuses it already);
+//! - a revoked session, or one ended by logout-everywhere, has no record, or one the
+//!   user's not-before refuses for as long as it lives; an expired one has none or one
+//!   whose own `exp` has passed (the edge refuses those already);
 //! - a record whose session Postgres does not know (under that user) is an error;
 //! - a user whose logout-everywhere is recent enough that tokens from before it may
 //!   live has a not-before key holding exactly its time; no other user has one;
@@ -294,6 +295,13 @@ pub async fn check(
         .into_iter()
         .map(|(key, value, ttl)| (key, (value, ttl)))
         .collect();
+    // The user's not-before as the edge reads it: (milliseconds, TTL seconds).
+    let not_before_of = |user: &Uuid| -> Option<(u64, i64)> {
+        let key = user_not_before_key(prefix, &user.to_string());
+        let (_, value, ttl) = not_befores.iter().find(|(k, _, _)| *k == key)?;
+        let ms = std::str::from_utf8(value.as_deref()?).ok()?.parse().ok()?;
+        Some((ms, *ttl))
+    };
     let buffer = limits.session_record_buffer_secs as i64;
     let idle = chrono::Duration::seconds(limits.session_idle_ttl_secs as i64);
     let slack = chrono::Duration::seconds(SLACK_SECS);
@@ -322,9 +330,20 @@ pub async fn check(
             continue;
         };
         if revoked {
-            report
-                .problems
-                .push(Problem::RecordOfRevokedSession { session: row.id });
+            // A login or refresh racing logout-everywhere may publish after it; the
+            // user's not-before refuses that record at the edge for as long as it lives.
+            let refused_by_not_before = value
+                .as_deref()
+                .and_then(|v| SessionRecord::decode(v).ok())
+                .zip(not_before_of(&row.user_id))
+                .is_some_and(|(record, (nbf_ms, nbf_ttl))| {
+                    record.auth_time_ms <= nbf_ms && (nbf_ttl == -1 || nbf_ttl >= ttl)
+                });
+            if !refused_by_not_before {
+                report
+                    .problems
+                    .push(Problem::RecordOfRevokedSession { session: row.id });
+            }
             continue;
         }
         let Some(record) = value.as_deref().and_then(|v| SessionRecord::decode(v).ok()) else {

@@ -135,8 +135,13 @@ async fn rotate(
             .bind(config.access_token_ttl_secs as f64)
             .execute(&mut *tx)
             .await?;
+        // Published while the session row is still locked: a concurrent logout (which
+        // updates that row) waits for the commit, so its Redis delete comes after this
+        // publish and cannot be undone by it. A failed commit leaves a record for a
+        // session that is active anyway.
+        let response = issue(state, &session, &successor).await?;
         tx.commit().await?;
-        return issue(state, &session, &successor).await;
+        return Ok(response);
     };
 
     // A rotated token. Inside the grace window, and if its successor is still the
@@ -155,9 +160,11 @@ async fn rotate(
                 .fetch_optional(&mut *tx)
                 .await?;
         if successor_is_current == Some(true) {
+            // Under the row lock too, for the same reason as above.
+            let response = issue(state, &session, &successor).await?;
             tx.commit().await?;
             tracing::info!(session_id = %row.session_id, "refresh retried inside the grace window");
-            return issue(state, &session, &successor).await;
+            return Ok(response);
         }
     }
 
