@@ -17,6 +17,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod hostile;
+pub mod throwaway;
+pub use throwaway::{ThrowawayPostgres, ThrowawayRedis, rss_kib};
+
 pub const ISSUER: &str = "https://auth.e2e.test";
 pub const AUDIENCE: &str = "api.e2e.test";
 pub const REST_TOKEN: &str = "e2e-rest-token";
@@ -84,6 +88,11 @@ impl Process {
             child: Some(child),
             log,
         }
+    }
+
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     pub fn log(&self) -> String {
@@ -309,6 +318,14 @@ pub struct Options {
     pub session_store: &'static str,
     pub store_timeout_ms: u64,
     pub rest_delay_ms: u64,
+    /// Redis for the origin and the REST front (a [`ThrowawayRedis`] a test kills);
+    /// default `TEST_REDIS_URL`.
+    pub redis_url: Option<String>,
+    /// The Postgres server the test database is created in (a [`ThrowawayPostgres`] a
+    /// test restarts); default `TEST_DATABASE_URL`.
+    pub database_admin_url: Option<String>,
+    /// Extra environment of the origin (e.g. `REFRESH_GRACE_SECS`).
+    pub origin_env: Vec<(&'static str, String)>,
 }
 
 impl Default for Options {
@@ -317,6 +334,9 @@ impl Default for Options {
             session_store: "upstash",
             store_timeout_ms: 1000,
             rest_delay_ms: 0,
+            redis_url: None,
+            database_admin_url: None,
+            origin_env: Vec::new(),
         }
     }
 }
@@ -337,6 +357,9 @@ pub struct Stack {
     database: String,
     dir: TempDir,
     options: Options,
+    redis_url: String,
+    admin_url: String,
+    origin_command: Vec<(String, String)>,
 }
 
 impl Stack {
@@ -365,13 +388,18 @@ impl Stack {
             random_hex(),
             random_hex()
         );
-        let redis_url = env_or("TEST_REDIS_URL", "redis://127.0.0.1:6379");
+        let redis_url = options
+            .redis_url
+            .clone()
+            .unwrap_or_else(|| env_or("TEST_REDIS_URL", "redis://127.0.0.1:6379"));
 
         // A fresh database, reached through a proxy the test can cut.
-        let admin = env_or(
-            "TEST_DATABASE_URL",
-            "postgres://postgres@127.0.0.1:5432/postgres",
-        );
+        let admin = options.database_admin_url.clone().unwrap_or_else(|| {
+            env_or(
+                "TEST_DATABASE_URL",
+                "postgres://postgres@127.0.0.1:5432/postgres",
+            )
+        });
         let database = format!("e2e_{}", random_hex());
         psql(&admin, &format!("create database {database}"));
         let (host_port, _) = admin
@@ -398,25 +426,32 @@ impl Stack {
         let origin = format!("http://127.0.0.1:{origin_port}");
         let key_file = dir.0.join("dev.key");
         let edge_port = free_port();
-        let mut command = Command::new(bin("origin"));
-        command
-            .env("DATABASE_URL", &database_url)
-            .env("REDIS_URL", &redis_url)
-            .env("REDIS_PREFIX", &prefix)
-            .env("LISTEN_ADDR", format!("127.0.0.1:{origin_port}"))
-            .env("SIGNING_KEY_FILE", &key_file)
-            .env("EDGE_SECRET", &edge_secret)
-            .env("ISSUER", ISSUER)
-            .env("AUDIENCE", AUDIENCE)
-            .env("CLIENT_IP_HEADER", "x-forwarded-for")
-            .env("LOG_FORMAT", "json");
+        let mut origin_command: Vec<(String, String)> = [
+            ("DATABASE_URL", database_url.clone()),
+            ("REDIS_URL", redis_url.clone()),
+            ("REDIS_PREFIX", prefix.clone()),
+            ("LISTEN_ADDR", format!("127.0.0.1:{origin_port}")),
+            ("SIGNING_KEY_FILE", key_file.display().to_string()),
+            ("EDGE_SECRET", edge_secret.clone()),
+            ("ISSUER", ISSUER.into()),
+            ("AUDIENCE", AUDIENCE.into()),
+            ("CLIENT_IP_HEADER", "x-forwarded-for".into()),
+            ("LOG_FORMAT", "json".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
         if options.session_store == "kv" {
-            command.env(
-                "EDGE_KV_SYNC_URL",
+            origin_command.push((
+                "EDGE_KV_SYNC_URL".into(),
                 format!("http://127.0.0.1:{edge_port}/__edge/kv"),
-            );
+            ));
         }
-        let mut origin_process = Process::spawn("origin", command);
+        for (name, value) in &options.origin_env {
+            origin_command.retain(|(k, _)| k != name);
+            origin_command.push((name.to_string(), value.clone()));
+        }
+        let mut origin_process = spawn_origin(&origin_command);
         wait_healthy(
             &mut origin_process,
             &format!("{origin}/healthz"),
@@ -479,7 +514,93 @@ impl Stack {
             database,
             dir,
             options,
+            redis_url,
+            admin_url: admin,
+            origin_command,
         }
+    }
+
+    /// Kills the origin with SIGKILL: no graceful shutdown, in-memory retries lost.
+    pub fn kill_origin(&mut self) {
+        self.origin_process.stop();
+    }
+
+    /// Starts the origin again, same port and settings, and waits until it is healthy.
+    pub async fn restart_origin(&mut self) {
+        self.origin_process.stop();
+        self.origin_process = spawn_origin(&self.origin_command);
+        wait_healthy(
+            &mut self.origin_process,
+            &format!("{}/healthz", self.origin),
+            Duration::from_secs(30),
+        )
+        .await;
+    }
+
+    /// The origin's process id, while it runs.
+    pub fn origin_pid(&self) -> Option<u32> {
+        self.origin_process.pid()
+    }
+
+    /// The test database's URL, straight to the server (not through the proxy).
+    pub fn database_url(&self) -> String {
+        let (base, _) = self.admin_url.rsplit_once('/').unwrap();
+        format!("{base}/{}", self.database)
+    }
+
+    /// Runs one SQL statement on the test database (straight to the server) and
+    /// returns its rows, one per line, fields separated by `|`.
+    pub fn sql(&self, query: &str) -> String {
+        let output = Command::new("psql")
+            .arg(self.database_url())
+            .args(["-qtAX", "-c", query])
+            .output()
+            .expect("psql installed");
+        assert!(
+            output.status.success(),
+            "psql {query}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).trim().to_string()
+    }
+
+    /// One Redis command through the REST front (as the edge reads it); its `result`.
+    pub async fn redis(&self, command: &[&str]) -> Value {
+        let body: Value = self
+            .http
+            .post(format!("http://127.0.0.1:{}/", self.rest_port))
+            .bearer_auth(REST_TOKEN)
+            .json(&command)
+            .send()
+            .await
+            .expect("REST front reachable")
+            .json()
+            .await
+            .expect("REST front answers JSON");
+        body.get("result")
+            .cloned()
+            .unwrap_or_else(|| panic!("REST front error for {command:?}: {body}"))
+    }
+
+    /// `origin check-consistency` on this stack's Postgres, Redis and prefix:
+    /// (exit code, what it printed).
+    pub fn check_consistency(&self) -> (i32, String) {
+        let output = Command::new(repo_root().join("target/debug/origin"))
+            .arg("check-consistency")
+            .env_clear()
+            .env("DATABASE_URL", self.database_url())
+            .env("REDIS_URL", &self.redis_url)
+            .env("REDIS_PREFIX", &self.prefix)
+            .output()
+            .expect("run origin check-consistency");
+        (
+            output.status.code().unwrap_or(-1),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            ),
+        )
     }
 
     /// Stops the REST front (as if Upstash were down).
@@ -490,8 +611,12 @@ impl Stack {
     /// Starts the REST front again on the same port.
     pub async fn start_rest(&mut self) {
         let bin = repo_root().join("target/debug/redis-rest");
-        let redis_url = env_or("TEST_REDIS_URL", "redis://127.0.0.1:6379");
-        self.rest = spawn_rest(&bin, self.rest_port, &redis_url, self.options.rest_delay_ms);
+        self.rest = spawn_rest(
+            &bin,
+            self.rest_port,
+            &self.redis_url,
+            self.options.rest_delay_ms,
+        );
         let started = Instant::now();
         while std::net::TcpStream::connect(("127.0.0.1", self.rest_port)).is_err() {
             assert!(
@@ -620,16 +745,24 @@ impl Drop for Stack {
         self.wrangler.stop();
         self.origin_process.stop();
         self.rest.stop();
-        let admin = env_or(
-            "TEST_DATABASE_URL",
-            "postgres://postgres@127.0.0.1:5432/postgres",
-        );
-        psql(
-            &admin,
-            &format!("drop database if exists {} with (force)", self.database),
-        );
+        // Best effort: a test may have stopped its throwaway server already.
+        let _ = Command::new("psql")
+            .arg(&self.admin_url)
+            .args([
+                "-qc",
+                &format!("drop database if exists {} with (force)", self.database),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
         let _ = &self.dir;
     }
+}
+
+fn spawn_origin(env: &[(String, String)]) -> Process {
+    let mut command = Command::new(repo_root().join("target/debug/origin"));
+    command.envs(env.iter().map(|(k, v)| (k, v)));
+    Process::spawn("origin", command)
 }
 
 fn spawn_rest(bin: &PathBuf, port: u16, redis_url: &str, delay_ms: u64) -> Process {
