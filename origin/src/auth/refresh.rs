@@ -101,26 +101,32 @@ async fn rotate(
     };
 
     let Some(rotated_at) = row.rotated_at else {
-        // The current token: rotate it.
+        // The current token: rotate it, in one statement (one round trip while the
+        // locks are held): claim the token and, only if that claimed it, add the
+        // successor and touch the session.
         let successor = RefreshToken::generate();
-        sqlx::query("insert into refresh_token (id, session_id, token_hash) values ($1, $2, $3)")
-            .bind(Uuid::new_v4())
-            .bind(row.session_id)
-            .bind(successor.hash())
-            .execute(&mut *tx)
-            .await?;
-        let claimed = sqlx::query(
-            "update refresh_token set rotated_at = $2, rotated_ip = $3, rotated_user_agent = $4, child_sealed = $5 \
-             where id = $1 and rotated_at is null",
+        let claimed: i64 = sqlx::query_scalar(
+            "with claimed as ( \
+                 update refresh_token set rotated_at = $2, rotated_ip = $3, rotated_user_agent = $4, child_sealed = $5 \
+                 where id = $1 and rotated_at is null returning session_id), \
+             child as ( \
+                 insert into refresh_token (id, session_id, token_hash) \
+                 select $6, session_id, $7 from claimed), \
+             touched as ( \
+                 update session set last_used_at = $2, access_expires_at = $2 + make_interval(secs => $8) \
+                 where id in (select session_id from claimed)) \
+             select count(*) from claimed",
         )
         .bind(row.token_id)
         .bind(now)
         .bind(client.ip.to_string())
         .bind(&client.user_agent)
         .bind(presented.seal(&successor))
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+        .bind(Uuid::new_v4())
+        .bind(successor.hash())
+        .bind(config.access_token_ttl_secs as f64)
+        .fetch_one(&mut *tx)
+        .await?;
         if claimed != 1 {
             // Unreachable with the locks above; if it ever happens, nothing is written.
             tracing::error!(session_id = %row.session_id, "refresh token rotated concurrently despite the row lock");
@@ -129,12 +135,6 @@ async fn rotate(
                 retry_after: 1,
             });
         }
-        sqlx::query("update session set last_used_at = $2, access_expires_at = $2 + make_interval(secs => $3) where id = $1")
-            .bind(row.session_id)
-            .bind(now)
-            .bind(config.access_token_ttl_secs as f64)
-            .execute(&mut *tx)
-            .await?;
         // Published while the session row is still locked: a concurrent logout (which
         // updates that row) waits for the commit, so its Redis delete comes after this
         // publish and cannot be undone by it. A failed commit leaves a record for a
