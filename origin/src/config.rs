@@ -38,8 +38,10 @@ pub struct Config {
     #[arg(long, env = "AUDIENCE", default_value = "api")]
     pub audience: String,
 
-    /// Access-token lifetime, seconds (60–3600). Default 15 min.
-    #[arg(long, env = "ACCESS_TOKEN_TTL_SECS", default_value_t = 900, value_parser = clap::value_parser!(u64).range(60..=3600))]
+    /// Access-token lifetime, seconds (1–3600). Default 15 min. Lifetimes under a
+    /// minute only make sense for accelerated-time simulations (`scripts/bench`): every
+    /// client then refreshes that often.
+    #[arg(long, env = "ACCESS_TOKEN_TTL_SECS", default_value_t = 900, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub access_token_ttl_secs: u64,
 
     /// Absolute session lifetime, seconds. Default 30 days.
