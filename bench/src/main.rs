@@ -1,0 +1,814 @@
+//! The benchmark suite (issue 6). `scripts/bench` installs wrk, starts a durable
+//! Postgres with `pg_stat_statements`, builds release binaries and the edge bundle,
+//! then runs this, which starts the stack, measures, prints a table and writes
+//! `docs/BENCHMARKS.md`.
+//!
+//! Comparisons are measured side by side in one run (forwarding next to validating,
+//! logins next to raw Argon2id, refreshes next to pgbench running the same SQL), so
+//! their ratios hold on a noisy machine even when the absolute figures move.
+
+mod procfs;
+mod sim;
+mod stack;
+mod wrk;
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use sqlx::PgPool;
+
+use e2e::TempDir;
+use stack::{ARGON2_ITERATIONS, ARGON2_MEMORY_KIB, Settings, Stack, psql};
+use wrk::Load;
+
+const PASSWORD: &str = "correct horse battery staple";
+
+/// Access tokens minted for the cold-cache run: more than the edge's verified-token
+/// cache holds (10,000), so that cycling through them always misses.
+const COLD_TOKENS: usize = 25_000;
+
+struct Bench {
+    settings: Settings,
+    dir: TempDir,
+    lua: PathBuf,
+    seconds: u32,
+    stack: Stack,
+    db: PgPool,
+    http: reqwest::Client,
+    rows: Vec<Row>,
+    notes: Vec<String>,
+}
+
+/// One line of the results table.
+struct Row {
+    section: &'static str,
+    what: String,
+    figure: String,
+    goal: String,
+    /// `Some(true)` met, `Some(false)` missed, `None` no goal.
+    met: Option<bool>,
+}
+
+#[tokio::main]
+async fn main() {
+    let root = e2e::repo_root();
+    let var = |name: &str| {
+        std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set (run scripts/bench)"))
+    };
+    let settings = Settings {
+        root: root.clone(),
+        admin_url: var("BENCH_DATABASE_URL"),
+        redis_url: var("BENCH_REDIS_URL"),
+        workerd_bin: var("WORKERD_BIN").into(),
+        bundle_dir: var("BENCH_BUNDLE_DIR").into(),
+    };
+    let seconds: u32 = std::env::var("BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10);
+    // BENCH_ONLY=edge,refresh runs some sections, for profiling; the report is then
+    // written only where BENCH_OUT says.
+    let only = std::env::var("BENCH_ONLY").ok();
+    let wanted = |section: &str| {
+        only.as_deref()
+            .is_none_or(|o| o.split(',').any(|s| s == section))
+    };
+    let out = std::env::var("BENCH_OUT")
+        .map(PathBuf::from)
+        .ok()
+        .or_else(|| only.is_none().then(|| root.join("docs/BENCHMARKS.md")));
+
+    let dir = TempDir::new("bench");
+    let stack = Stack::start(&settings, &dir.0).await;
+    let db = PgPool::connect(&stack.database_url)
+        .await
+        .expect("bench database");
+    let mut bench = Bench {
+        lua: root.join("bench/lua"),
+        settings,
+        dir,
+        seconds,
+        stack,
+        db,
+        http: reqwest::Client::new(),
+        rows: Vec::new(),
+        notes: Vec::new(),
+    };
+    let started = Instant::now();
+    bench.register("bench-user").await;
+    let idle_rss = procfs::rss_kib(bench.origin_pid());
+
+    if wanted("edge") {
+        bench.edge().await;
+    }
+    if wanted("login") {
+        bench.logins().await;
+    }
+    if wanted("refresh") {
+        bench.refreshes(idle_rss).await;
+    }
+    if wanted("validate") {
+        bench.origin_validations().await;
+    }
+    if wanted("day") {
+        bench.simulation().await;
+    }
+    bench.bundle_size();
+
+    println!("{}", bench.table());
+    if let Some(out) = out {
+        std::fs::create_dir_all(out.parent().unwrap()).unwrap();
+        std::fs::write(&out, bench.render(started.elapsed())).expect("writing the report");
+        println!("written to {}", out.display());
+    }
+}
+
+impl Bench {
+    fn row(
+        &mut self,
+        section: &'static str,
+        what: impl Into<String>,
+        figure: impl Into<String>,
+        goal: impl Into<String>,
+        met: Option<bool>,
+    ) {
+        let row = Row {
+            section,
+            what: what.into(),
+            figure: figure.into(),
+            goal: goal.into(),
+            met,
+        };
+        println!(
+            "{:<10} {:<58} {:>22}  {}",
+            row.section, row.what, row.figure, row.goal
+        );
+        self.rows.push(row);
+    }
+
+    fn origin_pid(&self) -> u32 {
+        self.stack.origin.pid().expect("origin running")
+    }
+
+    fn workerd_pid(&self) -> u32 {
+        self.stack.workerd.pid().expect("workerd running")
+    }
+
+    async fn post(&self, url: &str, body: Value) -> (u16, Value) {
+        let reply = self
+            .http
+            .post(url)
+            .json(&body)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("POST {url}: {e}"));
+        let status = reply.status().as_u16();
+        (status, reply.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn register(&self, username: &str) {
+        let url = format!("{}/auth/register", self.stack.origin_url);
+        let (status, body) = self
+            .post(&url, json!({"username": username, "password": PASSWORD}))
+            .await;
+        assert_eq!(status, 201, "register: {body}");
+    }
+
+    /// Logs in and returns (access token, refresh token).
+    async fn login(&self, username: &str) -> (String, String) {
+        let url = format!("{}/auth/login", self.stack.origin_url);
+        let (status, body) = self
+            .post(&url, json!({"username": username, "password": PASSWORD}))
+            .await;
+        assert_eq!(status, 200, "login: {body}");
+        (
+            body["access_token"].as_str().unwrap().to_string(),
+            body["refresh_token"].as_str().unwrap().to_string(),
+        )
+    }
+
+    fn file(&self, name: &str, lines: &[String]) -> String {
+        let path = self.dir.0.join(name);
+        std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+        path.display().to_string()
+    }
+
+    fn wrk(
+        &self,
+        url: String,
+        script: &str,
+        connections: u32,
+        threads: u32,
+        env: Vec<(&'static str, String)>,
+    ) -> wrk::Run {
+        let run = wrk::run(
+            &self.lua,
+            &Load {
+                url,
+                script,
+                connections,
+                threads,
+                seconds: self.seconds,
+                env,
+            },
+        );
+        println!(
+            "    wrk {script} c={connections}: {:.0}/s, p50 {:.2} ms, p99 {:.2} ms, {} errors",
+            run.rate(),
+            run.p50_ms,
+            run.p99_ms,
+            run.errors
+        );
+        run
+    }
+
+    /// wrk run with the CPU seconds workerd spent during it.
+    fn wrk_cpu(&self, url: String, env: Vec<(&'static str, String)>) -> (wrk::Run, f64) {
+        let pid = self.workerd_pid();
+        let before = procfs::cpu_seconds(pid);
+        let run = self.wrk(url, "get.lua", 8, 2, env);
+        (run, procfs::cpu_seconds(pid) - before)
+    }
+
+    /// Statements Postgres has run in the bench database since the last reset, the
+    /// bench's own reads of the statistics excluded.
+    async fn statements(&self) -> i64 {
+        sqlx::query_scalar(
+            "select coalesce(sum(calls), 0)::bigint from pg_stat_statements \
+             where dbid = (select oid from pg_database where datname = current_database()) \
+               and query not ilike '%pg_stat%'",
+        )
+        .fetch_one(&self.db)
+        .await
+        .unwrap()
+    }
+
+    async fn reset_statements(&self) {
+        sqlx::query("select pg_stat_statements_reset()")
+            .execute(&self.db)
+            .await
+            .unwrap();
+    }
+
+    /// Measure 1: The edge in workerd: validating next to plain forwarding, and the CPU each
+    /// costs inside workerd.
+    async fn edge(&mut self) {
+        println!(
+            "== edge (workerd serve, 8 connections, {} s per run)",
+            self.seconds
+        );
+        let (access, _) = self.login("bench-user").await;
+        let warm = self.file("warm.txt", std::slice::from_ref(&access));
+        let cold = self.file("cold.txt", &self.mint(&access, COLD_TOKENS));
+        let edge = self.stack.edge_url.clone();
+        let tokens = |file: &str| vec![("BENCH_TOKENS", file.to_string())];
+
+        self.reset_statements().await;
+        // Alternated, twice, so a slow spell of the machine hits both sides.
+        let mut forward = Vec::new();
+        let mut validated = Vec::new();
+        for _ in 0..2 {
+            forward.push(self.wrk_cpu(format!("{edge}/public/bench"), vec![]));
+            validated.push(self.wrk_cpu(format!("{edge}/api/bench"), tokens(&warm)));
+        }
+        let cold_run = self.wrk_cpu(format!("{edge}/api/bench"), tokens(&cold));
+        let statements = self.statements().await;
+
+        // The floor: a plain-JavaScript worker that only forwards, and one that also
+        // reads the store once per request. One more subrequest is the edge's
+        // unavoidable extra work, so their ratio bounds validated ÷ forwarding here.
+        let reference = self
+            .stack
+            .start_reference(&self.settings, &self.dir.0)
+            .await;
+        let ref_forward = self.wrk(format!("{reference}/public/bench"), "get.lua", 8, 2, vec![]);
+        let ref_store = self.wrk(format!("{reference}/api/bench"), "get.lua", 8, 2, vec![]);
+        if let Some((mut process, _)) = self.stack.reference.take() {
+            process.stop();
+        }
+
+        let best = |runs: &[(wrk::Run, f64)]| {
+            runs.iter()
+                .max_by(|a, b| a.0.rate().total_cmp(&b.0.rate()))
+                .cloned()
+                .unwrap()
+        };
+        let (f, f_cpu) = best(&forward);
+        let (v, v_cpu) = best(&validated);
+        let errors: u64 = forward
+            .iter()
+            .chain(&validated)
+            .map(|r| r.0.errors)
+            .sum::<u64>()
+            + cold_run.0.errors
+            + ref_forward.errors
+            + ref_store.errors;
+        assert_eq!(errors, 0, "the edge answered errors during the benchmark");
+        let ratio = v.rate() / f.rate();
+        self.row(
+            "edge",
+            "forwarding, no validation (req/s, p50/p99)",
+            format!("{:.0}/s, {:.2}/{:.2} ms", f.rate(), f.p50_ms, f.p99_ms),
+            "",
+            None,
+        );
+        self.row(
+            "edge",
+            "validated, token cache warm (req/s, p50/p99)",
+            format!("{:.0}/s, {:.2}/{:.2} ms", v.rate(), v.p50_ms, v.p99_ms),
+            "",
+            None,
+        );
+        self.row(
+            "edge",
+            "validated, cache cold (req/s, p50/p99)",
+            format!(
+                "{:.0}/s, {:.2}/{:.2} ms",
+                cold_run.0.rate(),
+                cold_run.0.p50_ms,
+                cold_run.0.p99_ms
+            ),
+            "",
+            None,
+        );
+        self.row(
+            "edge",
+            "validated ÷ forwarding throughput",
+            format!("{:.0}%", ratio * 100.0),
+            "≥ 80%",
+            Some(ratio >= 0.8),
+        );
+        let floor = ref_store.rate() / ref_forward.rate();
+        self.row(
+            "edge",
+            "reference JS worker: forwarding / + one store read (req/s)",
+            format!("{:.0}/s / {:.0}/s", ref_forward.rate(), ref_store.rate()),
+            "",
+            None,
+        );
+        self.row(
+            "edge",
+            "reference JS worker: store read ÷ forwarding (the floor)",
+            format!("{:.0}%", floor * 100.0),
+            "",
+            None,
+        );
+
+        let per_request = |(run, cpu): &(wrk::Run, f64)| cpu * 1000.0 / run.requests as f64;
+        let forward_ms = per_request(&(f.clone(), f_cpu));
+        let warm_ms = per_request(&(v.clone(), v_cpu));
+        let cold_ms = per_request(&cold_run);
+        self.row(
+            "edge",
+            "workerd CPU per request: forwarding",
+            format!("{forward_ms:.3} ms"),
+            "",
+            None,
+        );
+        self.row(
+            "edge",
+            "workerd CPU per request: validated, warm",
+            format!("{warm_ms:.3} ms"),
+            "",
+            None,
+        );
+        self.row(
+            "edge",
+            "workerd CPU per request: validated, cold",
+            format!("{cold_ms:.3} ms"),
+            "",
+            None,
+        );
+        self.row(
+            "edge",
+            "CPU per validation, warm (validated − forwarding)",
+            format!("{:.3} ms", warm_ms - forward_ms),
+            "≤ 0.25 ms",
+            Some(warm_ms - forward_ms <= 0.25),
+        );
+        self.row(
+            "edge",
+            "CPU per validation, cold (validated − forwarding)",
+            format!("{:.3} ms", cold_ms - forward_ms),
+            "",
+            None,
+        );
+        let requests = validated.iter().map(|r| r.0.requests).sum::<u64>() + cold_run.0.requests;
+        self.row(
+            "database",
+            "Postgres statements per authenticated request (edge)",
+            format!(
+                "{:.4} ({statements} in {requests} requests)",
+                statements as f64 / requests as f64
+            ),
+            "0",
+            Some(statements == 0),
+        );
+    }
+
+    /// Valid access tokens for the session of `access`, each with its own `jti`, signed
+    /// with the origin's key: distinct strings, so each one is a verification.
+    fn mint(&self, access: &str, n: usize) -> Vec<String> {
+        let claims = e2e::claims_of(access);
+        let key = self.stack.signing_key();
+        let text = |k: &str| claims[k].as_str().unwrap().to_string();
+        let now = shared::unix_now();
+        (0..n)
+            .map(|i| {
+                key.sign(&shared::Claims {
+                    iss: text("iss"),
+                    aud: text("aud"),
+                    sub: text("sub"),
+                    sid: text("sid"),
+                    jti: format!("bench-{i}"),
+                    iat: now,
+                    nbf: now,
+                    exp: now + 900,
+                    scope: text("scope"),
+                })
+                .unwrap()
+            })
+            .collect()
+    }
+
+    /// Measure 2a: Logins next to the raw Argon2id rate at the same parameters.
+    async fn logins(&mut self) {
+        println!("== logins and Argon2id (m={ARGON2_MEMORY_KIB} KiB, t={ARGON2_ITERATIONS}, p=1)");
+        let raw = raw_argon2_per_second(self.seconds);
+        let body = json!({"username": "bench-user", "password": PASSWORD}).to_string();
+        let run = self.wrk(
+            format!("{}/auth/login", self.stack.origin_url),
+            "login.lua",
+            4,
+            2,
+            vec![("BENCH_BODY", body)],
+        );
+        assert_eq!(run.errors, 0, "logins failed during the benchmark");
+        let ratio = run.rate() / raw;
+        self.row(
+            "origin",
+            "raw Argon2id hashes/s (2 threads)",
+            format!("{raw:.1}/s"),
+            "",
+            None,
+        );
+        self.row(
+            "origin",
+            "logins/s (4 connections)",
+            format!("{:.1}/s, p50 {:.0} ms", run.rate(), run.p50_ms),
+            "",
+            None,
+        );
+        self.row(
+            "origin",
+            "logins ÷ raw Argon2id",
+            format!("{:.0}%", ratio * 100.0),
+            "≥ 85%",
+            Some(ratio >= 0.85),
+        );
+    }
+
+    /// Measure 2b: Refreshes at 16 and 64 connections next to pgbench running the same SQL,
+    /// with the origin's memory under that load, and the statements per refresh.
+    async fn refreshes(&mut self, idle_rss: u64) {
+        println!("== refreshes (each connection rotates its own session's token)");
+        let mut max_rss = 0;
+        for connections in [16u32, 64] {
+            let mut starts = Vec::new();
+            for _ in 0..connections {
+                starts.push(self.login("bench-user").await.1);
+            }
+            let file = self.file(&format!("refresh-{connections}.txt"), &starts);
+            self.reset_statements().await;
+            let sampler = procfs::RssSampler::start(self.origin_pid());
+            let run = self.wrk(
+                format!("{}/auth/refresh", self.stack.origin_url),
+                "refresh.lua",
+                connections,
+                connections,
+                vec![("BENCH_TOKENS", file)],
+            );
+            max_rss = max_rss.max(sampler.max_kib());
+            let statements = self.statements().await;
+            let ok = run.extra["ok"].as_u64().unwrap_or(0);
+            assert_eq!(run.errors, 0, "refreshes failed: {}", run.extra);
+            if connections == 16 {
+                let top: Vec<(String, i64)> = sqlx::query_as(
+                    "select regexp_replace(query, '\\s+', ' ', 'g'), calls from pg_stat_statements \
+                     where dbid = (select oid from pg_database where datname = current_database()) \
+                       and query not ilike '%pg_stat%' order by calls desc",
+                )
+                .fetch_all(&self.db)
+                .await
+                .unwrap();
+                let mut note = format!(
+                    "Statements Postgres ran during the 16-connection refresh run ({ok} refreshes):\n\n| calls | statement |\n|---:|---|\n"
+                );
+                for (query, calls) in top {
+                    let short: String = query.chars().take(110).collect();
+                    let _ = writeln!(note, "| {calls} | `{}` |", short.replace('|', "\\|"));
+                }
+                self.notes.push(note);
+                self.row(
+                    "database",
+                    "Postgres statements per refresh",
+                    format!(
+                        "{:.2} ({statements} in {ok})",
+                        statements as f64 / ok.max(1) as f64
+                    ),
+                    "",
+                    None,
+                );
+            }
+            let pgbench = self.pgbench(connections);
+            let ratio = run.rate() / pgbench;
+            self.row(
+                "origin",
+                format!("refreshes/s at {connections} connections (p50/p99)"),
+                format!(
+                    "{:.0}/s, {:.1}/{:.1} ms",
+                    run.rate(),
+                    run.p50_ms,
+                    run.p99_ms
+                ),
+                "≥ 1500/s",
+                Some(run.rate() >= 1500.0),
+            );
+            self.row(
+                "origin",
+                format!("pgbench, same SQL, {connections} clients (tps)"),
+                format!("{pgbench:.0}/s"),
+                "",
+                None,
+            );
+            self.row(
+                "origin",
+                format!("refreshes ÷ pgbench at {connections}"),
+                format!("{:.0}%", ratio * 100.0),
+                "≥ 60%",
+                Some(ratio >= 0.6),
+            );
+        }
+        self.row(
+            "memory",
+            "origin RSS idle",
+            format!("{:.1} MiB", idle_rss as f64 / 1024.0),
+            "",
+            None,
+        );
+        self.row(
+            "memory",
+            "origin RSS, max under refresh load",
+            format!("{:.1} MiB", max_rss as f64 / 1024.0),
+            "",
+            None,
+        );
+    }
+
+    /// pgbench running the refresh's SQL (bench/pgbench-refresh.sql) with `clients`
+    /// clients, each walking its own token chain; returns transactions per second.
+    fn pgbench(&self, clients: u32) -> f64 {
+        let user = psql(
+            &self.stack.database_url,
+            "select id from app_user where username = 'bench-user'",
+        );
+        psql(
+            &self.stack.database_url,
+            &format!(
+                "with s as (insert into session (id, user_id, scope, expires_at, access_expires_at) \
+                   select gen_random_uuid(), '{user}', 'profile', now() + interval '30 days', now() + interval '15 minutes' \
+                   from generate_series(0, {last}) returning id), \
+                 n as (select id, row_number() over () - 1 as c from s) \
+                 insert into refresh_token (id, session_id, token_hash) \
+                   select gen_random_uuid(), id, sha256(convert_to('pgb:{clients}:' || c::text || ':0', 'UTF8')) from n",
+                last = clients - 1
+            ),
+        );
+        let script = self.settings.root.join("bench/pgbench-refresh.sql");
+        let output = Command::new("pgbench")
+            .args(["-n", "-M", "prepared", "-j", "2"])
+            .arg(format!("-c{clients}"))
+            .arg(format!("-T{}", self.seconds))
+            .arg("-f")
+            .arg(&script)
+            .args(["-D", &format!("run={clients}"), "-D", "step=0"])
+            .arg(&self.stack.database_url)
+            .output()
+            .expect("running pgbench");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let failed = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("number of failed transactions: "))
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok());
+        assert!(
+            output.status.success() && failed == Some(0),
+            "pgbench failed:\n{stdout}\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let tps = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("tps = "))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .expect("pgbench printed tps");
+        println!("    pgbench c={clients}: {tps:.0} tps");
+        tps
+    }
+
+    /// Measure 2c: The origin validating bearer tokens itself (signature + Redis session check).
+    async fn origin_validations(&mut self) {
+        println!("== validations at the origin");
+        let (access, _) = self.login("bench-user").await;
+        let file = self.file("origin-token.txt", &[access]);
+        let run = self.wrk(
+            format!("{}/api/me", self.stack.origin_url),
+            "get.lua",
+            16,
+            2,
+            vec![("BENCH_TOKENS", file)],
+        );
+        assert_eq!(run.errors, 0, "validations failed");
+        self.row(
+            "origin",
+            "bearer validations/s at the origin, /api/me (p50/p99)",
+            format!(
+                "{:.0}/s, {:.2}/{:.2} ms",
+                run.rate(),
+                run.p50_ms,
+                run.p99_ms
+            ),
+            "",
+            None,
+        );
+    }
+
+    /// Measure 3: The day of 1,000 users in accelerated time, against the baseline that asks
+    /// the database on every request.
+    async fn simulation(&mut self) {
+        let scale = sim::SCALE;
+        println!("== simulated day: 1000 users × 100 requests, 30-minute tokens, time × {scale}");
+        // 30 minutes in accelerated time; no leeway, or it would be 10 simulated hours.
+        let ttl = (30 * 60 / scale).to_string();
+        self.stack
+            .restart_origin(
+                &self.settings,
+                &[("ACCESS_TOKEN_TTL_SECS", &ttl), ("TOKEN_LEEWAY_SECS", "0")],
+            )
+            .await;
+        sim::create_users(&self.db, sim::USERS).await;
+        for pattern in [sim::Pattern::TwoVisits, sim::Pattern::Spread] {
+            let before = self.transactions().await;
+            self.reset_statements().await;
+            let result = sim::run_day(&self.stack.edge_url, pattern).await;
+            // Backends report transaction counts when idle, within 10 s (PG 15).
+            tokio::time::sleep(Duration::from_secs(11)).await;
+            let transactions = self.transactions().await - before;
+            let statements = self.statements().await;
+            assert_eq!(result.wrongly_refused, 0, "{result:?}");
+            assert_eq!(result.errors, 0, "{result:?}");
+            let baseline = result.requests;
+            let reduction = 1.0 - transactions as f64 / baseline as f64;
+            println!("    {result:?}, {transactions} transactions, {statements} statements");
+            self.row(
+                "database",
+                format!(
+                    "day, {}: transactions vs. DB on every request",
+                    pattern.name()
+                ),
+                format!("{transactions} vs. {baseline} (−{:.1}%)", reduction * 100.0),
+                if pattern == sim::Pattern::TwoVisits {
+                    "−97%"
+                } else {
+                    ""
+                },
+                (pattern == sim::Pattern::TwoVisits).then_some(reduction >= 0.97),
+            );
+            self.notes.push(format!(
+                "Day \"{}\": {} requests through the edge ({} answered 200), {} logins, {} refreshes, {} answered 401 and retried after a refresh (token expired in flight), {} statements in {transactions} transactions; the baseline checks the database once per request: {baseline} transactions. Schedule: {}",
+                pattern.name(),
+                result.requests,
+                result.ok,
+                result.logins,
+                result.refreshes,
+                result.retried,
+                statements,
+                pattern.description()
+            ));
+        }
+    }
+
+    async fn transactions(&self) -> i64 {
+        sqlx::query_scalar("select (xact_commit + xact_rollback)::bigint from pg_stat_database where datname = current_database()")
+            .fetch_one(&self.db)
+            .await
+            .unwrap()
+    }
+
+    /// Measure 4: The edge bundle as uploaded, raw and gzip-compressed.
+    fn bundle_size(&mut self) {
+        for (what, ext) in [("edge bundle wasm", "wasm"), ("edge bundle JS", "js")] {
+            let (raw, gz) = sizes(&self.settings.bundle_dir, ext);
+            self.row("memory", what, format!("{raw} B ({gz} B gzip)"), "", None);
+        }
+    }
+
+    fn table(&self) -> String {
+        let mut out = String::from("| | Measure | Figure | Goal | |\n|---|---|---:|---|---|\n");
+        for row in &self.rows {
+            let verdict = match row.met {
+                Some(true) => "met",
+                Some(false) => "**missed**",
+                None => "",
+            };
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {verdict} |",
+                row.section, row.what, row.figure, row.goal
+            );
+        }
+        out
+    }
+
+    fn render(&self, took: Duration) -> String {
+        let commit = Command::new("git")
+            .args(["rev-parse", "--short", "HEAD"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default();
+        let cpu = std::fs::read_to_string("/proc/cpuinfo")
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("model name")?
+                    .split(':')
+                    .nth(1)
+                    .map(|s| s.trim().to_string())
+            })
+            .unwrap_or_default();
+        let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+        let mut md = format!(
+            "# Benchmarks\n\n\
+             Written by `scripts/bench` (commit {commit}, {cores} cores, {cpu}; {} s per load run; \
+             the whole run took {:.0} s). Everything runs on this one machine: wrk, workerd, the \
+             origin, the REST front, Redis and a durable Postgres (fsync and synchronous commit on, \
+             `pg_stat_statements` loaded). What each line measures is below the table.\n\n",
+            self.seconds,
+            took.as_secs_f64()
+        );
+        md.push_str(&self.table());
+        md.push_str(include_str!("../README.md"));
+        md.push_str("\n## Details from this run\n\n");
+        for note in &self.notes {
+            md.push_str(note);
+            md.push_str("\n\n");
+        }
+        md
+    }
+}
+
+/// Raw Argon2id hashes per second on two threads (the machine's cores), with the
+/// origin's parameters: the ceiling for logins.
+fn raw_argon2_per_second(seconds: u32) -> f64 {
+    use argon2::{Algorithm, Argon2, Params, PasswordHasher, Version, password_hash::SaltString};
+    let deadline = Instant::now() + Duration::from_secs(seconds.into());
+    let started = Instant::now();
+    let threads: Vec<_> = (0..2)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let params = Params::new(ARGON2_MEMORY_KIB, ARGON2_ITERATIONS, 1, None).unwrap();
+                let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
+                let salt = SaltString::encode_b64(&[i as u8; 16]).unwrap();
+                let mut n = 0u64;
+                while Instant::now() < deadline {
+                    argon2.hash_password(PASSWORD.as_bytes(), &salt).unwrap();
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+    let total: u64 = threads.into_iter().map(|t| t.join().unwrap()).sum();
+    total as f64 / started.elapsed().as_secs_f64()
+}
+
+/// Total raw and gzip -9 sizes of the bundle's files ending in `.ext`.
+fn sizes(dir: &Path, ext: &str) -> (u64, u64) {
+    let mut raw = 0;
+    let mut gz = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) != Some(ext) {
+            continue;
+        }
+        raw += path.metadata().unwrap().len();
+        let out = Command::new("gzip")
+            .arg("-9c")
+            .arg(&path)
+            .output()
+            .expect("gzip");
+        gz += out.stdout.len() as u64;
+    }
+    (raw, gz)
+}

@@ -1,0 +1,330 @@
+//! The processes a benchmark drives: the REST front, the origin (release builds),
+//! a do-nothing upstream, and the edge bundle in `workerd serve`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use e2e::{Process, free_port, random_hex, wait_healthy};
+
+pub const ISSUER: &str = "https://auth.bench.test";
+pub const AUDIENCE: &str = "api.bench.test";
+const REST_TOKEN: &str = "bench-rest-token";
+
+/// Argon2id parameters of the origin under test, and of the raw hashing figure.
+pub const ARGON2_MEMORY_KIB: u32 = 19_456;
+pub const ARGON2_ITERATIONS: u32 = 2;
+
+pub struct Settings {
+    pub root: PathBuf,
+    pub admin_url: String,
+    pub redis_url: String,
+    pub workerd_bin: PathBuf,
+    /// `wrangler deploy --dry-run --outdir` output: the bundle as it would be uploaded.
+    pub bundle_dir: PathBuf,
+}
+
+pub struct Stack {
+    pub database_url: String,
+    pub prefix: String,
+    pub key_file: PathBuf,
+    edge_secret: String,
+    pub rest_url: String,
+    pub origin_url: String,
+    origin_port: u16,
+    pub upstream_url: String,
+    pub edge_url: String,
+    pub origin: Process,
+    pub workerd: Process,
+    /// `bench/reference-worker.js` in its own workerd, once started.
+    pub reference: Option<(Process, String)>,
+    _rest: Process,
+}
+
+impl Stack {
+    pub async fn start(settings: &Settings, dir: &Path) -> Stack {
+        let database = format!("bench_{}", random_hex());
+        psql(&settings.admin_url, &format!("create database {database}"));
+        let database_url =
+            settings.admin_url.rsplit_once('/').unwrap().0.to_string() + "/" + &database;
+        psql(&database_url, "create extension pg_stat_statements");
+
+        let rest_port = free_port();
+        let mut command = Command::new(settings.root.join("target/release/redis-rest"));
+        command
+            .env("REST_LISTEN_ADDR", format!("127.0.0.1:{rest_port}"))
+            .env("REDIS_URL", &settings.redis_url)
+            .env("REST_TOKEN", REST_TOKEN)
+            .env("RUST_LOG", "warn");
+        let mut rest = Process::spawn("redis-rest", command);
+        let rest_url = format!("http://127.0.0.1:{rest_port}");
+        wait_port(&mut rest, rest_port).await;
+
+        let upstream_url = start_upstream();
+        let mut stack = Stack {
+            database_url,
+            prefix: format!("bench{}:", random_hex()),
+            key_file: dir.join("signing.key"),
+            edge_secret: random_hex().repeat(4),
+            rest_url,
+            origin_url: String::new(),
+            origin_port: free_port(),
+            upstream_url,
+            edge_url: String::new(),
+            origin: Process::spawn("placeholder", Command::new("true")),
+            workerd: Process::spawn("placeholder", Command::new("true")),
+            reference: None,
+            _rest: rest,
+        };
+        stack.restart_origin(settings, &[]).await;
+        stack.start_workerd(settings, dir).await;
+        stack
+    }
+
+    /// (Re)starts the origin, on the same port, with the bench settings plus `extra`.
+    pub async fn restart_origin(&mut self, settings: &Settings, extra: &[(&str, &str)]) {
+        self.origin.stop();
+        let port = self.origin_port;
+        let mut command = Command::new(settings.root.join("target/release/origin"));
+        command
+            .env("DATABASE_URL", &self.database_url)
+            .env("REDIS_URL", &settings.redis_url)
+            .env("REDIS_PREFIX", &self.prefix)
+            .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
+            .env("SIGNING_KEY_FILE", &self.key_file)
+            .env("EDGE_SECRET", &self.edge_secret)
+            .env("ISSUER", ISSUER)
+            .env("AUDIENCE", AUDIENCE)
+            .env("ARGON2_MEMORY_KIB", ARGON2_MEMORY_KIB.to_string())
+            .env("ARGON2_ITERATIONS", ARGON2_ITERATIONS.to_string())
+            // Request logs at info would measure the terminal; warnings still show.
+            .env("RUST_LOG", "warn");
+        for (name, value) in extra {
+            command.env(name, value);
+        }
+        self.origin = Process::spawn("origin", command);
+        self.origin_url = format!("http://127.0.0.1:{port}");
+        wait_healthy(
+            &mut self.origin,
+            &format!("{}/healthz", self.origin_url),
+            Duration::from_secs(30),
+        )
+        .await;
+    }
+
+    async fn start_workerd(&mut self, settings: &Settings, dir: &Path) {
+        let port = free_port();
+        let config = dir.join("workerd.capnp");
+        let vars = [
+            ("ORIGIN_URL", self.origin_url.clone()),
+            ("UPSTREAM_URL", self.upstream_url.clone()),
+            ("ISSUER", ISSUER.into()),
+            ("AUDIENCE", AUDIENCE.into()),
+            ("PROTECTED_PATHS", "/api/".into()),
+            ("SESSION_STORE", "upstash".into()),
+            ("UPSTASH_URL", self.rest_url.clone()),
+            ("UPSTASH_TOKEN", REST_TOKEN.into()),
+            ("KEY_PREFIX", self.prefix.clone()),
+            ("EDGE_SECRET", self.edge_secret.clone()),
+            ("STORE_TIMEOUT_MS", "1000".into()),
+            ("JWKS_REFETCH_SECS", "60".into()),
+            // The day simulation runs 3-second tokens; nothing else depends on it.
+            ("TOKEN_LEEWAY_SECS", "0".into()),
+        ];
+        std::fs::write(&config, workerd_config(settings, dir, port, &vars))
+            .expect("writing the workerd config");
+        let mut command = Command::new(&settings.workerd_bin);
+        command.arg("serve").arg(&config).arg("--experimental");
+        self.workerd = Process::spawn("workerd", command);
+        self.edge_url = format!("http://127.0.0.1:{port}");
+        // The JWKS passes through the edge to the origin: healthy means both answer.
+        wait_healthy(
+            &mut self.workerd,
+            &format!("{}/.well-known/jwks.json", self.edge_url),
+            Duration::from_secs(30),
+        )
+        .await;
+    }
+
+    /// Starts the plain-JavaScript reference worker against the same REST front and
+    /// upstream; returns its URL.
+    pub async fn start_reference(&mut self, settings: &Settings, dir: &Path) -> String {
+        let port = free_port();
+        let config = dir.join("reference.capnp");
+        std::fs::copy(
+            settings.root.join("bench/reference-worker.js"),
+            dir.join("reference-worker.js"),
+        )
+        .expect("bench/reference-worker.js");
+        let text = format!(
+            r#"using Workerd = import "/workerd/workerd.capnp";
+const config :Workerd.Config = (
+  services = [
+    (name = "reference", worker = .reference),
+    (name = "internet", network = (allow = ["public", "private", "local"])),
+  ],
+  sockets = [(name = "http", address = "127.0.0.1:{port}", http = (), service = "reference")],
+);
+const reference :Workerd.Worker = (
+  modules = [(name = "reference-worker.js", esModule = embed "reference-worker.js")],
+  compatibilityDate = "{date}",
+  bindings = [
+    (name = "UPSTASH_URL", text = "{rest}"),
+    (name = "UPSTASH_TOKEN", text = "{REST_TOKEN}"),
+    (name = "UPSTREAM_URL", text = "{upstream}"),
+  ],
+  globalOutbound = "internet",
+);
+"#,
+            date = wrangler_compatibility_date(&settings.root),
+            rest = self.rest_url,
+            upstream = self.upstream_url,
+        );
+        std::fs::write(&config, text).expect("writing the reference config");
+        let mut command = Command::new(&settings.workerd_bin);
+        command.arg("serve").arg(&config);
+        let mut process = Process::spawn("reference workerd", command);
+        let url = format!("http://127.0.0.1:{port}");
+        wait_healthy(
+            &mut process,
+            &format!("{url}/api/ready"),
+            Duration::from_secs(30),
+        )
+        .await;
+        self.reference = Some((process, url.clone()));
+        url
+    }
+
+    pub fn signing_key(&self) -> shared::SigningKey {
+        use base64::Engine as _;
+        let text = std::fs::read_to_string(&self.key_file).expect("the origin's key file");
+        let seed = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(text.trim())
+            .expect("base64url seed");
+        shared::SigningKey::from_seed_slice(&seed).expect("32-byte seed")
+    }
+}
+
+/// A workerd config serving the uploaded bundle's modules with the given vars, and an
+/// outbound network that may reach 127.0.0.1 (the default one refuses private
+/// addresses).
+fn workerd_config(settings: &Settings, dir: &Path, port: u16, vars: &[(&str, String)]) -> String {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&settings.bundle_dir)
+        .expect("the bundle directory")
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file())
+        .collect();
+    // The entry module first: workerd treats the first module as the main one.
+    files.sort_by_key(|p| (p.file_name().unwrap() != "index.js", p.clone()));
+    let modules = files
+        .iter()
+        .filter_map(|path| {
+            let name = path.file_name()?.to_str()?;
+            let kind = match path.extension()?.to_str()? {
+                "js" | "mjs" => "esModule",
+                "wasm" => "wasm",
+                _ => return None,
+            };
+            // `embed` paths are relative to the config file: copy the module beside it.
+            std::fs::copy(path, dir.join(name)).expect("copying a bundle module");
+            Some(format!("(name = \"{name}\", {kind} = embed \"{name}\")"))
+        })
+        .collect::<Vec<_>>()
+        .join(",\n      ");
+    let bindings = vars
+        .iter()
+        .map(|(name, value)| format!("(name = \"{name}\", text = \"{value}\")"))
+        .collect::<Vec<_>>()
+        .join(",\n      ");
+    let compatibility_date = wrangler_compatibility_date(&settings.root);
+    format!(
+        r#"using Workerd = import "/workerd/workerd.capnp";
+
+const config :Workerd.Config = (
+  services = [
+    (name = "edge", worker = .edge),
+    (name = "internet", network = (allow = ["public", "private", "local"])),
+  ],
+  sockets = [(name = "http", address = "127.0.0.1:{port}", http = (), service = "edge")],
+);
+
+const edge :Workerd.Worker = (
+  modules = [
+      {modules}
+  ],
+  compatibilityDate = "{compatibility_date}",
+  bindings = [
+      {bindings}
+  ],
+  globalOutbound = "internet",
+);
+"#
+    )
+}
+
+fn wrangler_compatibility_date(root: &Path) -> String {
+    std::fs::read_to_string(root.join("wrangler.toml"))
+        .expect("wrangler.toml")
+        .lines()
+        .find_map(|l| {
+            let value = l.strip_prefix("compatibility_date")?.split('"').nth(1)?;
+            Some(value.to_string())
+        })
+        .expect("compatibility_date in wrangler.toml")
+}
+
+/// An upstream that answers every request with a few bytes, at once: the edge's
+/// forwarding cost is measured, not an application's.
+fn start_upstream() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            let app = axum::Router::new().fallback(|| async { "ok" });
+            axum::serve(listener, app).await.unwrap();
+        });
+    });
+    url
+}
+
+async fn wait_port(process: &mut Process, port: u16) {
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return;
+        }
+        assert!(
+            !process.exited(),
+            "{} exited:\n{}",
+            process.name,
+            process.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!(
+        "{} did not listen on {port}:\n{}",
+        process.name,
+        process.log()
+    );
+}
+
+pub fn psql(url: &str, sql: &str) -> String {
+    let output = Command::new("psql")
+        .args([url, "-v", "ON_ERROR_STOP=1", "-qAtc", sql])
+        .output()
+        .expect("running psql");
+    assert!(
+        output.status.success(),
+        "psql {sql}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
