@@ -196,12 +196,7 @@ const reference :Workerd.Worker = (
     }
 
     pub fn signing_key(&self) -> shared::SigningKey {
-        use base64::Engine as _;
-        let text = std::fs::read_to_string(&self.key_file).expect("the origin's key file");
-        let seed = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(text.trim())
-            .expect("base64url seed");
-        shared::SigningKey::from_seed_slice(&seed).expect("32-byte seed")
+        e2e::read_signing_key(&self.key_file)
     }
 }
 

@@ -731,13 +731,18 @@ impl Stack {
 
     /// The origin's signing key, to mint tokens the tests need (expired, wrong audience…).
     pub fn signing_key(&self) -> shared::SigningKey {
-        use base64::Engine as _;
-        let text = std::fs::read_to_string(&self.key_file).unwrap();
-        let seed = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(text.trim())
-            .unwrap();
-        shared::SigningKey::from_seed_slice(&seed).unwrap()
+        read_signing_key(&self.key_file)
     }
+}
+
+/// The origin's development key, from its `SIGNING_KEY_FILE` (a base64url seed).
+pub fn read_signing_key(path: &std::path::Path) -> shared::SigningKey {
+    use base64::Engine as _;
+    let text = std::fs::read_to_string(path).expect("the origin's key file");
+    let seed = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(text.trim())
+        .expect("a base64url seed");
+    shared::SigningKey::from_seed_slice(&seed).expect("a 32-byte seed")
 }
 
 impl Drop for Stack {
