@@ -87,7 +87,10 @@ _services_pg_bindir() {
   echo "$dir"
 }
 
+# Durability off by default: the data is thrown away. scripts/bench passes its own
+# settings (durable, pg_stat_statements) as arguments, `-c name=value` each.
 _services_start_postgres() {
+  local settings="${*:--c fsync=off -c synchronous_commit=off -c full_page_writes=off}"
   local bindir dir port
   bindir=$(_services_pg_bindir) || return 1
   # initdb and postgres refuse to run as root: run them as the postgres user.
@@ -118,10 +121,10 @@ _services_start_postgres() {
     _services_fail "initdb failed (log above)"
     return 1
   fi
-  # Durability off: the data is thrown away. The socket lives in the temp dir so no
-  # system directory (/var/run/postgresql) is needed.
+  # The socket lives in the temp dir so no system directory (/var/run/postgresql) is
+  # needed.
   if ! "${_SERVICES_PG_RUN[@]}" "$bindir/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w -t 60 \
-    -o "-c listen_addresses=127.0.0.1 -p $port -k $dir -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300" \
+    -o "-c listen_addresses=127.0.0.1 -p $port -k $dir -c max_connections=300 $settings" \
     start >/dev/null 2>&1; then
     cat "$dir/postgres.log" >&2 2>/dev/null || true
     _services_fail "the throwaway Postgres did not start (log above)"

@@ -225,12 +225,13 @@ impl Bench {
         run
     }
 
-    /// wrk run with the CPU seconds workerd spent during it.
-    fn wrk_cpu(&self, url: String, env: Vec<(&'static str, String)>) -> (wrk::Run, f64) {
+    /// wrk run against the edge, with the CPU workerd spent per request.
+    fn wrk_cpu(&self, url: String, env: Vec<(&'static str, String)>) -> wrk::Run {
         let pid = self.workerd_pid();
         let before = procfs::cpu_seconds(pid);
-        let run = self.wrk(url, "get.lua", 8, 2, env);
-        (run, procfs::cpu_seconds(pid) - before)
+        let mut run = self.wrk(url, "get.lua", 8, 2, env);
+        run.cpu_ms = (procfs::cpu_seconds(pid) - before) * 1000.0 / run.requests as f64;
+        run
     }
 
     /// Statements Postgres has run in the bench database since the last reset, the
@@ -290,20 +291,20 @@ impl Bench {
             process.stop();
         }
 
-        let best = |runs: &[(wrk::Run, f64)]| {
+        let best = |runs: &[wrk::Run]| {
             runs.iter()
-                .max_by(|a, b| a.0.rate().total_cmp(&b.0.rate()))
+                .max_by(|a, b| a.rate().total_cmp(&b.rate()))
                 .cloned()
                 .unwrap()
         };
-        let (f, f_cpu) = best(&forward);
-        let (v, v_cpu) = best(&validated);
+        let f = best(&forward);
+        let v = best(&validated);
         let errors: u64 = forward
             .iter()
             .chain(&validated)
-            .map(|r| r.0.errors)
+            .map(|r| r.errors)
             .sum::<u64>()
-            + cold_run.0.errors
+            + cold_run.errors
             + ref_forward.errors
             + ref_store.errors;
         assert_eq!(errors, 0, "the edge answered errors during the benchmark");
@@ -327,9 +328,9 @@ impl Bench {
             "validated, cache cold (req/s, p50/p99)",
             format!(
                 "{:.0}/s, {:.2}/{:.2} ms",
-                cold_run.0.rate(),
-                cold_run.0.p50_ms,
-                cold_run.0.p99_ms
+                cold_run.rate(),
+                cold_run.p50_ms,
+                cold_run.p99_ms
             ),
             "",
             None,
@@ -357,10 +358,7 @@ impl Bench {
             None,
         );
 
-        let per_request = |(run, cpu): &(wrk::Run, f64)| cpu * 1000.0 / run.requests as f64;
-        let forward_ms = per_request(&(f.clone(), f_cpu));
-        let warm_ms = per_request(&(v.clone(), v_cpu));
-        let cold_ms = per_request(&cold_run);
+        let (forward_ms, warm_ms, cold_ms) = (f.cpu_ms, v.cpu_ms, cold_run.cpu_ms);
         self.row(
             "edge",
             "workerd CPU per request: forwarding",
@@ -396,7 +394,7 @@ impl Bench {
             "",
             None,
         );
-        let requests = validated.iter().map(|r| r.0.requests).sum::<u64>() + cold_run.0.requests;
+        let requests = validated.iter().map(|r| r.requests).sum::<u64>() + cold_run.requests;
         self.row(
             "database",
             "Postgres statements per authenticated request (edge)",
@@ -771,14 +769,13 @@ impl Bench {
 /// Raw Argon2id hashes per second on two threads (the machine's cores), with the
 /// origin's parameters: the ceiling for logins.
 fn raw_argon2_per_second(seconds: u32) -> f64 {
-    use argon2::{Algorithm, Argon2, Params, PasswordHasher, Version, password_hash::SaltString};
+    use argon2::{PasswordHasher, password_hash::SaltString};
     let deadline = Instant::now() + Duration::from_secs(seconds.into());
     let started = Instant::now();
     let threads: Vec<_> = (0..2)
         .map(|i| {
             std::thread::spawn(move || {
-                let params = Params::new(ARGON2_MEMORY_KIB, ARGON2_ITERATIONS, 1, None).unwrap();
-                let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
+                let argon2 = stack::argon2();
                 let salt = SaltString::encode_b64(&[i as u8; 16]).unwrap();
                 let mut n = 0u64;
                 while Instant::now() < deadline {

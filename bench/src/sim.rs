@@ -14,7 +14,6 @@ use serde_json::{Value, json};
 use sqlx::PgPool;
 
 use crate::PASSWORD;
-use crate::stack::{ARGON2_ITERATIONS, ARGON2_MEMORY_KIB};
 
 /// One real second is six simulated minutes: the day takes 240 s, a token lives 5 s.
 /// Faster would make whole-second `exp` a large part of a token's life.
@@ -119,10 +118,9 @@ fn bump(counter: &AtomicU64) {
 /// shared password: registering 1,000 users over HTTP would take a minute of hashing
 /// that is not part of the day.
 pub async fn create_users(db: &PgPool, n: usize) {
-    use argon2::{Algorithm, Argon2, Params, PasswordHasher, Version, password_hash::SaltString};
-    let params = Params::new(ARGON2_MEMORY_KIB, ARGON2_ITERATIONS, 1, None).unwrap();
+    use argon2::{PasswordHasher, password_hash::SaltString};
     let salt = SaltString::encode_b64(b"bench-simulation").unwrap();
-    let hash = Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+    let hash = crate::stack::argon2()
         .hash_password(PASSWORD.as_bytes(), &salt)
         .unwrap()
         .to_string();

@@ -15,6 +15,12 @@ const REST_TOKEN: &str = "bench-rest-token";
 pub const ARGON2_MEMORY_KIB: u32 = 19_456;
 pub const ARGON2_ITERATIONS: u32 = 2;
 
+/// Argon2id as the origin under test runs it (`origin::password`: one lane).
+pub fn argon2() -> argon2::Argon2<'static> {
+    let params = argon2::Params::new(ARGON2_MEMORY_KIB, ARGON2_ITERATIONS, 1, None).unwrap();
+    argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
+}
+
 pub struct Settings {
     pub root: PathBuf,
     pub admin_url: String,

@@ -17,6 +17,8 @@ pub struct Run {
     pub errors: u64,
     /// The rest of the JSON line (script-specific counters).
     pub extra: Value,
+    /// CPU time of the process under test per request, ms, where it was measured.
+    pub cpu_ms: f64,
 }
 
 impl Run {
@@ -69,5 +71,6 @@ pub fn run(lua_dir: &Path, load: &Load) -> Run {
         p99_ms: n("p99_us") as f64 / 1000.0,
         errors: n("non_2xx") + n("connect") + n("read") + n("write") + n("timeout"),
         extra: v,
+        cpu_ms: 0.0,
     }
 }

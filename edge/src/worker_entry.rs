@@ -438,7 +438,6 @@ impl SessionStore for KvStore {
 /// Reads the session within the time budget and decides.
 async fn session(env: &Env, config: &Config, claims: &VerifiedClaims) -> Decision {
     let keys = store::keys(&config.key_prefix, claims);
-    let budget = Duration::from_millis(config.store_timeout_ms);
     let values = match &config.store {
         StoreKind::Upstash { url, token } => {
             // The budget is the read's own abort signal: no second timer.
@@ -455,6 +454,7 @@ async fn session(env: &Env, config: &Config, claims: &VerifiedClaims) -> Decisio
                 return Decision::Unknown;
             };
             let store = KvStore(kv);
+            let budget = Duration::from_millis(config.store_timeout_ms);
             with_timeout(budget, |_| store.read(&keys)).await.flatten()
         }
     };
