@@ -97,6 +97,7 @@ impl Stack {
             .env("REDIS_URL", &settings.redis_url)
             .env("REDIS_PREFIX", &self.prefix)
             .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
+            .env("OPS_LISTEN_ADDR", format!("127.0.0.1:{}", free_port()))
             .env("SIGNING_KEY_FILE", &self.key_file)
             .env("EDGE_SECRET", &self.edge_secret)
             .env("ISSUER", ISSUER)

@@ -26,9 +26,15 @@ pub struct Config {
     #[arg(long, env = "REDIS_PREFIX", default_value = "auth:")]
     pub redis_prefix: String,
 
-    /// Address to listen on.
+    /// Address of the public listener (the API of DESIGN.md §4).
     #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:8080")]
     pub listen_addr: SocketAddr,
+
+    /// Address of the operations listener: `/metrics` and `/readyz`, which the public
+    /// listener answers with 404. Keep it off the public network (loopback by default;
+    /// the container sets `0.0.0.0:9090` for the orchestrator's network).
+    #[arg(long, env = "OPS_LISTEN_ADDR", default_value = "127.0.0.1:9090")]
+    pub ops_listen_addr: SocketAddr,
 
     /// `iss` of issued tokens.
     #[arg(long, env = "ISSUER", default_value = "http://127.0.0.1:8080")]

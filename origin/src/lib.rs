@@ -51,8 +51,6 @@ pub fn app(state: AppState) -> Router {
         .route("/.well-known/jwks.json", get(jwks))
         .route("/api/me", get(api::me))
         .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/metrics", get(health::metrics))
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::BadRequest("method not allowed") })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
@@ -66,6 +64,17 @@ pub fn app(state: AppState) -> Router {
         )
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        .with_state(state)
+}
+
+/// The operations listener (`OPS_LISTEN_ADDR`): readiness and metrics, which say what
+/// is down and how much traffic there is, so they are kept off the public listener.
+pub fn ops_app(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
+        .fallback(|| async { ApiError::NotFound })
         .with_state(state)
 }
 

@@ -50,7 +50,18 @@ fn init_logging(format: &str) {
     }
 }
 
+/// Binds a listener, naming the setting and address when it cannot.
+async fn bind(setting: &str, addr: SocketAddr) -> Result<tokio::net::TcpListener, String> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("{setting} {addr}: cannot listen: {e}"))
+}
+
 async fn run(config: Config) -> Result<(), String> {
+    // Listeners first: a taken port is a mistake to report at once, not after waiting
+    // for Postgres.
+    let listener = bind("LISTEN_ADDR", config.listen_addr).await?;
+    let ops_listener = bind("OPS_LISTEN_ADDR", config.ops_listen_addr).await?;
     if config
         .edge_secret
         .as_ref()
@@ -102,11 +113,15 @@ async fn run(config: Config) -> Result<(), String> {
         config: Arc::new(config),
     };
 
-    let listener = tokio::net::TcpListener::bind(state.config.listen_addr)
-        .await
-        .map_err(|e| format!("listening on {}: {e}", state.config.listen_addr))?;
     tokio::spawn(origin::tasks::run(state.clone()));
-    tracing::info!(addr = %state.config.listen_addr, issuer = %state.config.issuer, "origin listening");
+    tracing::info!(addr = %state.config.listen_addr, ops_addr = %state.config.ops_listen_addr, issuer = %state.config.issuer, "origin listening");
+    // The operations listener stops with the process; the public one drains first.
+    let ops = origin::ops_app(state.clone());
+    tokio::spawn(async move {
+        if let Err(error) = axum::serve(ops_listener, ops).await {
+            tracing::error!(%error, "operations listener failed");
+        }
+    });
     let app = origin::app(state).into_make_service_with_connect_info::<SocketAddr>();
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())

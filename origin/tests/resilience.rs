@@ -146,7 +146,7 @@ async fn a_flushed_redis_is_rebuilt_from_postgres_without_new_logins() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_names_the_dependency_that_is_down() {
     let healthy = Origin::start().await;
-    let reply = Reply::get(&healthy, "/readyz").await;
+    let reply = healthy.get(healthy.ops_url("/readyz")).await;
     assert_eq!(
         (
             reply.status,
@@ -157,7 +157,7 @@ async fn readiness_names_the_dependency_that_is_down() {
     );
 
     let degraded = Origin::start_with(&[("REDIS_URL", DEAD_REDIS)]).await;
-    let reply = Reply::get(&degraded, "/readyz").await;
+    let reply = degraded.get(degraded.ops_url("/readyz")).await;
     assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(
         (
@@ -167,7 +167,7 @@ async fn readiness_names_the_dependency_that_is_down() {
         (Some("up"), Some("down"))
     );
     assert_eq!(
-        Reply::get(&degraded, "/healthz").await.status,
+        degraded.get(degraded.url("/healthz")).await.status,
         StatusCode::OK,
         "alive even when not ready"
     );
@@ -192,7 +192,7 @@ async fn metrics_count_logins_refreshes_and_reuse() {
         StatusCode::UNAUTHORIZED
     );
 
-    let text = Reply::get(&origin, "/metrics").await.text();
+    let text = origin.get(origin.ops_url("/metrics")).await.text();
     for line in [
         r#"auth_logins_total{outcome="success"} 1"#,
         r#"auth_logins_total{outcome="invalid_grant"} 1"#,
@@ -219,18 +219,66 @@ async fn sigterm_stops_the_origin_cleanly() {
     );
 }
 
-use common::Reply;
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_and_readiness_answer_only_on_the_operations_listener() {
+    let origin = Origin::start().await;
+    for path in ["/metrics", "/readyz"] {
+        let public = origin.get(origin.url(path)).await;
+        assert_eq!(
+            (public.status, public.error_code().as_deref()),
+            (StatusCode::NOT_FOUND, Some("not_found")),
+            "{path} on the public listener: {}",
+            public.text()
+        );
+        let ops = origin.get(origin.ops_url(path)).await;
+        assert_eq!(ops.status, StatusCode::OK, "{path} on the ops listener");
+    }
+    assert_eq!(
+        origin.get(origin.url("/healthz")).await.status,
+        StatusCode::OK,
+        "/healthz stays public"
+    );
+    assert_eq!(
+        origin.get(origin.ops_url("/auth/sessions")).await.status,
+        StatusCode::NOT_FOUND,
+        "the ops listener serves operations only"
+    );
+}
 
-impl Reply {
-    async fn get(origin: &Origin, path: &str) -> Reply {
-        Reply::from(
-            origin
-                .http
-                .get(origin.url(path))
-                .send()
-                .await
-                .expect("origin reachable"),
-        )
-        .await
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_origin_that_cannot_bind_a_listener_exits_at_once_naming_it() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = taken.local_addr().unwrap().to_string();
+    let free = format!("127.0.0.1:{}", common::free_port());
+    for (setting, listen, ops) in [
+        ("LISTEN_ADDR", taken.as_str(), free.as_str()),
+        ("OPS_LISTEN_ADDR", free.as_str(), taken.as_str()),
+    ] {
+        let started = Instant::now();
+        // No database is reachable either: binding comes first, so the error names
+        // the listener, not Postgres.
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_origin"))
+            .env_clear()
+            .env("DATABASE_URL", "postgres://postgres@127.0.0.1:1/none")
+            .env("REDIS_URL", DEAD_REDIS)
+            .env("LISTEN_ADDR", listen)
+            .env("OPS_LISTEN_ADDR", ops)
+            .env(
+                "SIGNING_KEY_FILE",
+                std::env::temp_dir().join(format!("bind-{}.key", common::random_hex())),
+            )
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{setting}: {stderr}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{setting}: took {:?}",
+            started.elapsed()
+        );
+        assert!(
+            stderr.contains(&format!("{setting} {taken}")),
+            "{setting}: the error must name the setting and address: {stderr}"
+        );
     }
 }

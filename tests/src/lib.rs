@@ -431,6 +431,8 @@ impl Stack {
             ("REDIS_URL", redis_url.clone()),
             ("REDIS_PREFIX", prefix.clone()),
             ("LISTEN_ADDR", format!("127.0.0.1:{origin_port}")),
+            // Every origin gets its own operations port: tests run side by side.
+            ("OPS_LISTEN_ADDR", format!("127.0.0.1:{}", free_port())),
             ("SIGNING_KEY_FILE", key_file.display().to_string()),
             ("EDGE_SECRET", edge_secret.clone()),
             ("ISSUER", ISSUER.into()),

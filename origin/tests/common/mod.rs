@@ -47,7 +47,7 @@ pub fn random_hex() -> String {
     uuid::Uuid::new_v4().simple().to_string()
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("bind 127.0.0.1:0")
@@ -156,6 +156,8 @@ pub struct Origin {
     child: Option<Child>,
     env: Vec<(String, String)>,
     pub base: String,
+    /// The operations listener (`/metrics`, `/readyz`), its own free port.
+    pub ops_base: String,
     pub prefix: String,
     pub log: Log,
     pub http: reqwest::Client,
@@ -305,6 +307,7 @@ impl Origin {
             child: None,
             env,
             base: String::new(),
+            ops_base: String::new(),
             prefix,
             log: Log::default(),
             http,
@@ -319,10 +322,12 @@ impl Origin {
 
     async fn spawn(&mut self) {
         let addr = format!("127.0.0.1:{}", free_port());
+        let ops_addr = format!("127.0.0.1:{}", free_port());
         let mut command = Command::new(env!("CARGO_BIN_EXE_origin"));
         command
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("LISTEN_ADDR", &addr)
+            .env("OPS_LISTEN_ADDR", &ops_addr)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -330,6 +335,7 @@ impl Origin {
         self.log.capture(child.stdout.take().unwrap());
         self.log.capture(child.stderr.take().unwrap());
         self.base = format!("http://{addr}");
+        self.ops_base = format!("http://{ops_addr}");
         self.child = Some(child);
         self.wait_healthy().await;
     }
@@ -395,6 +401,15 @@ impl Origin {
 
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
+    }
+
+    /// A URL on the operations listener.
+    pub fn ops_url(&self, path: &str) -> String {
+        format!("{}{path}", self.ops_base)
+    }
+
+    pub async fn get(&self, url: String) -> Reply {
+        Reply::from(self.http.get(url).send().await.expect("GET")).await
     }
 
     // ---- requests --------------------------------------------------------------
