@@ -19,6 +19,11 @@ pub enum ApiError {
     InvalidGrant,
     /// 401 with `WWW-Authenticate: Bearer error="invalid_token"` (RFC 6750 §3.1).
     InvalidToken,
+    /// 401 for a request with no bearer credentials at all: `WWW-Authenticate: Bearer
+    /// realm="api"` with no error code (RFC 6750 §3.1).
+    MissingToken,
+    /// 405: the path exists, the method does not. The router adds `Allow`.
+    MethodNotAllowed,
     /// 401 `invalid_client` with `WWW-Authenticate: Basic` (RFC 6749 §5.2).
     InvalidClient,
     /// 404.
@@ -59,6 +64,16 @@ impl IntoResponse for ApiError {
                 "invalid_token",
                 "the access token is not valid",
             ),
+            ApiError::MissingToken => (
+                StatusCode::UNAUTHORIZED,
+                "invalid_token",
+                "an access token is required",
+            ),
+            ApiError::MethodNotAllowed => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "invalid_request",
+                "method not allowed",
+            ),
             ApiError::InvalidClient => (
                 StatusCode::UNAUTHORIZED,
                 "invalid_client",
@@ -94,6 +109,12 @@ impl IntoResponse for ApiError {
                 headers.insert(
                     header::WWW_AUTHENTICATE,
                     HeaderValue::from_static(r#"Bearer error="invalid_token", error_description="the access token is not valid""#),
+                );
+            }
+            ApiError::MissingToken => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(r#"Bearer realm="api""#),
                 );
             }
             ApiError::InvalidClient => {

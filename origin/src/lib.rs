@@ -52,8 +52,9 @@ pub fn app(state: AppState) -> Router {
         .route("/api/me", get(api::me))
         .route("/healthz", get(health::healthz))
         .fallback(|| async { ApiError::NotFound })
-        .method_not_allowed_fallback(|| async { ApiError::BadRequest("method not allowed") })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::from_fn(no_store))
         .layer(
             // The span carries the request id, method and path, never the query string
             // or headers, which may hold credentials.
@@ -65,6 +66,25 @@ pub fn app(state: AppState) -> Router {
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
         .with_state(state)
+}
+
+/// `Cache-Control: no-store` on every `/auth/*` and `/api/*` response that does not
+/// set its own (DESIGN.md §4): they carry tokens, identities or session lists, which
+/// no shared cache may keep (RFC 6749 §5.1, RFC 9111 §5.2.2.5).
+async fn no_store(
+    request: Request<axum::body::Body>,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let path = request.uri().path();
+    let private = path.starts_with("/auth/") || path.starts_with("/api/");
+    let mut response = next.run(request).await;
+    if private {
+        response
+            .headers_mut()
+            .entry(header::CACHE_CONTROL)
+            .or_insert(axum::http::HeaderValue::from_static("no-store"));
+    }
+    response
 }
 
 /// The operations listener (`OPS_LISTEN_ADDR`): readiness and metrics, which say what

@@ -566,3 +566,166 @@ async fn malformed_or_foreign_bearer_tokens_get_invalid_token() {
         "control: the real token works"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_without_bearer_credentials_gets_a_realm_challenge_without_an_error_code() {
+    let origin = Origin::start().await;
+    for (what, authorization) in [
+        ("no Authorization", None),
+        ("another scheme", Some("Basic dXNlcjpwYXNz")),
+    ] {
+        let mut request = origin.http.get(origin.url("/api/me"));
+        if let Some(value) = authorization {
+            request = request.header("authorization", value);
+        }
+        let reply = common::Reply::from(request.send().await.unwrap()).await;
+        let challenge = reply.header("www-authenticate").unwrap_or_default();
+        // RFC 6750 §3.1: no error code when the request has no bearer credentials.
+        assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{what}");
+        assert!(
+            challenge.starts_with("Bearer realm=") && !challenge.contains("error="),
+            "{what}: WWW-Authenticate {challenge:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_authorization_headers_or_a_merged_one_are_a_bad_request() {
+    let origin = Origin::start().await;
+    let user = origin.new_user().await;
+    let access = origin.login_ok(&user.username, &user.password).await;
+    let access = access.access();
+    let two = origin
+        .http
+        .get(origin.url("/api/me"))
+        .header("authorization", format!("Bearer {access}"))
+        .header("authorization", format!("Bearer {access}"));
+    let merged = origin
+        .http
+        .get(origin.url("/api/me"))
+        .header("authorization", format!("Bearer {access}, Bearer {access}"));
+    for (what, request) in [("two headers", two), ("comma-merged", merged)] {
+        let reply = common::Reply::from(request.send().await.unwrap()).await;
+        assert_eq!(
+            (reply.status, reply.error_code().as_deref()),
+            (StatusCode::BAD_REQUEST, Some("invalid_request")),
+            "{what}: {}",
+            reply.text()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_method_gets_405_with_allow() {
+    let origin = Origin::start().await;
+    for (method, path, allow) in [
+        (Method::GET, "/auth/login", "POST"),
+        (Method::PUT, "/auth/sessions", "GET"),
+        (Method::POST, "/.well-known/jwks.json", "GET"),
+    ] {
+        let reply = common::Reply::from(
+            origin
+                .http
+                .request(method.clone(), origin.url(path))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(
+            reply.status,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "{method} {path}: {}",
+            reply.text()
+        );
+        let allowed = reply.header("allow").unwrap_or_default();
+        assert!(
+            allowed.split(',').any(|m| m.trim() == allow),
+            "{method} {path}: Allow {allowed:?}"
+        );
+        assert_eq!(reply.error_code().as_deref(), Some("invalid_request"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_auth_response_and_the_api_carry_cache_control_no_store() {
+    let origin = Origin::start().await;
+    let user = origin.new_user().await;
+    let tokens = origin.login_ok(&user.username, &user.password).await;
+    let other = origin.login_ok(&user.username, &user.password).await;
+    let access = tokens.access();
+    let other_sid = other.sid();
+    let delete_path = format!("/auth/sessions/{other_sid}");
+    let checks = [
+        (Method::GET, "/auth/sessions", Some(access)),
+        (Method::GET, "/api/me", Some(access)),
+        (Method::DELETE, delete_path.as_str(), Some(access)),
+        (Method::GET, "/auth/nothing-here", None),
+        (Method::POST, "/auth/logout", Some(access)),
+    ];
+    for (method, path, token) in checks {
+        let mut request = origin.http.request(method.clone(), origin.url(path));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let reply = common::Reply::from(request.send().await.unwrap()).await;
+        assert_eq!(
+            reply.header("cache-control"),
+            Some("no-store"),
+            "{method} {path} ({})",
+            reply.status
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoking_an_expired_access_token_ends_its_session() {
+    let origin =
+        Origin::start_with(&[("ACCESS_TOKEN_TTL_SECS", "1"), ("TOKEN_LEEWAY_SECS", "0")]).await;
+    let user = origin.new_user().await;
+    let tokens = origin.login_ok(&user.username, &user.password).await;
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    let reply = origin
+        .client_form(
+            "/auth/revoke",
+            Some((common::CLIENT_ID, common::CLIENT_SECRET)),
+            &[("token", tokens.access())],
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(
+        origin.session_revoked(&tokens.sid()).await,
+        Some(true),
+        "RFC 7009 §2.2 does not stop at expiry: the session of an expired token is ended"
+    );
+    assert_eq!(
+        origin.refresh(tokens.refresh()).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_expired_sessions_are_not_listed() {
+    let origin = Origin::start_with(&[("SESSION_IDLE_TTL_SECS", "600")]).await;
+    let user = origin.new_user().await;
+    let current = origin.login_ok(&user.username, &user.password).await;
+    let idle = origin.login_ok(&user.username, &user.password).await;
+    sqlx::query(
+        "update session set last_used_at = now() - interval '11 minutes' where id::text = $1",
+    )
+    .bind(idle.sid())
+    .execute(&origin.pg)
+    .await
+    .unwrap();
+    let reply = origin
+        .bearer(Method::GET, "/auth/sessions", current.access())
+        .await;
+    let listed: Vec<String> = reply
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["session_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(listed, [current.sid()], "the idle session has ended");
+}

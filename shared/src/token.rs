@@ -130,7 +130,18 @@ impl Validator {
         let token = self.split(token)?;
         let key = keys.get(&token.kid).ok_or(Error::UnknownKey)?;
         key.verify_bytes(token.signing_input, &token.signature)?;
-        self.claims(token, now)
+        self.claims(token, Some(now))
+    }
+
+    /// Like [`verify`](Self::verify), except that `exp`, `nbf` and `iat` are not
+    /// compared with any clock (their shape and the lifetime still are). Only for
+    /// revocation (RFC 7009 §2): an expired token still names the session to end, and
+    /// ending a session is never a privilege.
+    pub fn verify_at_any_time(&self, token: &[u8], keys: &KeySet) -> Result<VerifiedClaims, Error> {
+        let token = self.split(token)?;
+        let key = keys.get(&token.kid).ok_or(Error::UnknownKey)?;
+        key.verify_bytes(token.signing_input, &token.signature)?;
+        self.claims(token, None)
     }
 
     /// Like [`verify`](Self::verify), with the Ed25519 check done by `check_signature`
@@ -161,7 +172,7 @@ impl Validator {
         if !check_signature(key, token.signing_input, &token.signature).await {
             return Err(Error::Signature);
         }
-        self.claims(token, now)
+        self.claims(token, Some(now))
     }
 
     /// Splits the token and checks everything before the signature.
@@ -196,8 +207,9 @@ impl Validator {
         })
     }
 
-    /// Decodes and checks the claims of a token whose signature has verified.
-    fn claims(&self, token: Unverified<'_>, now: u64) -> Result<VerifiedClaims, Error> {
+    /// Decodes and checks the claims of a token whose signature has verified; the time
+    /// claims against `now` unless it is `None`.
+    fn claims(&self, token: Unverified<'_>, now: Option<u64>) -> Result<VerifiedClaims, Error> {
         let payload = Payload(json::parse_object(&b64::decode(token.payload)?)?);
         let iss = payload.string(Claim::Iss)?;
         let audiences = payload.audiences()?;
@@ -221,16 +233,18 @@ impl Validator {
         if exp <= iat || exp - iat > self.limits.max_lifetime {
             return Err(Error::Lifetime);
         }
-        // RFC 7519 §4.1.4: valid only while now is before exp; the leeway extends that.
-        if now >= exp.saturating_add(self.limits.leeway) {
-            return Err(Error::Expired);
-        }
-        // RFC 7519 §4.1.5: not valid before nbf; the leeway lets a fast clock through.
-        if now.saturating_add(self.limits.leeway) < nbf {
-            return Err(Error::NotYetValid);
-        }
-        if now.saturating_add(self.limits.leeway) < iat {
-            return Err(Error::IssuedInFuture);
+        if let Some(now) = now {
+            // RFC 7519 §4.1.4: valid only while now is before exp; the leeway extends that.
+            if now >= exp.saturating_add(self.limits.leeway) {
+                return Err(Error::Expired);
+            }
+            // RFC 7519 §4.1.5: not valid before nbf; the leeway lets a fast clock through.
+            if now.saturating_add(self.limits.leeway) < nbf {
+                return Err(Error::NotYetValid);
+            }
+            if now.saturating_add(self.limits.leeway) < iat {
+                return Err(Error::IssuedInFuture);
+            }
         }
         Ok(VerifiedClaims {
             kid: token.kid,

@@ -487,6 +487,19 @@ vectors! {
         assert_eq!(block_on(validator.verify_with(short.as_bytes(), &keys, NOW, never)), Err(Error::Signature));
     }
 
+    fn revocation_verifies_an_expired_token_but_nothing_forged_or_malformed() {
+        let exp = claims().exp;
+        let (validator, keys) = (validator(), keys());
+        assert_eq!(validator.verify(token().as_bytes(), &keys, exp + 3600), Err(Error::Expired));
+        let verified = validator.verify_at_any_time(token().as_bytes(), &keys).unwrap();
+        assert_eq!(verified.session_id(), claims().sid);
+        let mut forged = token().into_bytes();
+        let last = forged.len() - 3;
+        forged[last] = if forged[last] == b'A' { b'B' } else { b'A' };
+        assert_eq!(validator.verify_at_any_time(&forged, &keys), Err(Error::Signature));
+        assert_eq!(validator.verify_at_any_time(timed(NOW, NOW, NOW + 7200).as_bytes(), &keys), Err(Error::Lifetime));
+    }
+
     fn a_shorter_maximum_lifetime_is_enforced() {
         let validator = validator().with_limits(Limits { max_lifetime: 600, ..Limits::default() });
         assert_eq!(validator.verify(token().as_bytes(), &keys(), NOW), Err(Error::Lifetime), "900 s token");

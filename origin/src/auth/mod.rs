@@ -75,20 +75,44 @@ pub struct AuthSession {
 
 /// The bearer token of `Authorization` (RFC 6750 §2.1; the scheme is case-insensitive,
 /// RFC 7235 §2.1). Tokens in the query string or body are not accepted.
-pub fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim())
-        .filter(|t| !t.is_empty())
+///
+/// `Ok(None)` when there are no bearer credentials (no header, or another scheme):
+/// the answer is a challenge without an error code (RFC 6750 §3.1). Two headers, or
+/// one holding a comma (what a proxy makes of two), are ambiguous: which one would a
+/// cache, a log or the upstream take? 400, never a guess.
+pub fn bearer(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(ApiError::BadRequest("more than one Authorization header"));
+    }
+    let value = value
+        .to_str()
+        .map_err(|_| ApiError::BadRequest("Authorization is not ASCII"))?;
+    if value.contains(',') {
+        return Err(ApiError::BadRequest(
+            "more than one credential in Authorization",
+        ));
+    }
+    let Some((scheme, token)) = value.split_once(' ') else {
+        return Ok(None);
+    };
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Ok(None);
+    }
+    match token.trim() {
+        "" => Err(ApiError::InvalidToken),
+        token => Ok(Some(token)),
+    }
 }
 
 impl FromRequestParts<AppState> for AuthSession {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let token = bearer(&parts.headers).ok_or(ApiError::InvalidToken)?;
+        let token = bearer(&parts.headers)?.ok_or(ApiError::MissingToken)?;
         let outcome = |o: &'static str| {
             METRICS
                 .validations

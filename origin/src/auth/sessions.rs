@@ -28,9 +28,12 @@ pub async fn list(
 ) -> ApiResult<axum::Json<Vec<SessionView>>> {
     let mut sessions: Vec<SessionView> = sqlx::query_as(
         "select id as session_id, created_at, last_used_at, user_agent, ip from session \
-         where user_id = $1 and revoked_at is null and expires_at > now() order by created_at desc limit 100",
+         where user_id = $1 and revoked_at is null and expires_at > now() \
+           and last_used_at + make_interval(secs => $2) > now() \
+         order by created_at desc limit 100",
     )
     .bind(auth.user_id)
+    .bind(state.config.session_idle_ttl_secs as f64)
     .fetch_all(&state.db)
     .await?;
     for session in &mut sessions {
