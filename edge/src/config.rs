@@ -1,5 +1,6 @@
 //! The worker's settings, from `wrangler.toml` vars and secrets.
 
+use shared::proof::ProofKeys;
 use shared::{KeySet, Validator};
 
 /// Which store holds the session records.
@@ -23,8 +24,9 @@ pub struct Config {
     pub store: StoreKind,
     /// Prefix of store keys, as the origin's `REDIS_PREFIX`.
     pub key_prefix: String,
-    /// Secret shared with the origin and upstream (identity proof).
-    pub edge_secret: String,
+    /// Keys derived from `EDGE_SECRET`, one per purpose: proofs to the upstream, to the
+    /// origin, on the fallback check, and of the origin's KV pushes.
+    pub keys: ProofKeys,
     /// Keys given in configuration (`JWKS` var); fetched from the origin when absent.
     pub static_keys: Option<KeySet>,
     /// Time budget of each subrequest to the store or the origin's check, ms.
@@ -93,7 +95,7 @@ impl Config {
             validator,
             store,
             key_prefix,
-            edge_secret,
+            keys: ProofKeys::derive(edge_secret.as_bytes()),
             static_keys,
             store_timeout_ms: number("STORE_TIMEOUT_MS", 1000)?,
             jwks_refetch_secs: number("JWKS_REFETCH_SECS", 60)?,

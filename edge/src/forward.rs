@@ -1,87 +1,129 @@
-//! Header hygiene for forwarded requests.
+//! Header hygiene for forwarded requests, and the proof the receiver checks.
 
-use shared::proof::{self, Identity};
+use shared::proof::{self, Identity, RequestProof};
 
-/// Headers a client may not set: the identity the edge vouches for, and the client
-/// address the origin trusts for throttling.
-pub const CLIENT_IP_HEADER: &str = "x-forwarded-for";
-
+/// Whether a client's header is removed before anything is forwarded: the whole
+/// `x-auth-` family (the identity and address the edge vouches for, whatever a client
+/// puts after the prefix), and every header that claims a client address, which only
+/// the edge's signed `x-auth-client-ip` may do.
 pub fn is_stripped(name: &str) -> bool {
     let name = name.to_ascii_lowercase();
-    proof::header::ALL.contains(&name.as_str()) || name == CLIENT_IP_HEADER
+    name.starts_with(proof::header::PREFIX)
+        || name.starts_with("x-forwarded-")
+        || matches!(
+            name.as_str(),
+            "forwarded" | "x-real-ip" | "true-client-ip" | "x-client-ip" | "x-cluster-client-ip"
+        )
 }
 
-/// The identity headers (and proof) to add to a request to `method` `path` at `now`.
-pub fn identity_headers(
-    secret: &[u8],
-    id: &Identity<'_>,
+/// The headers that carry the client's address, the identity (on protected paths)
+/// and their proof, for a request to `method` `path_and_query` at `now`, signed with
+/// the key of the receiver's purpose.
+pub fn proof_headers(
+    key: &[u8; 32],
     method: &str,
-    path: &str,
+    path_and_query: &str,
+    client_ip: &str,
+    identity: Option<Identity<'_>>,
     now: u64,
 ) -> Vec<(&'static str, String)> {
-    vec![
-        (proof::header::USER_ID, id.user_id.to_string()),
-        (proof::header::SESSION_ID, id.session_id.to_string()),
-        (proof::header::SCOPE, id.scope.to_string()),
-        (proof::header::CLIENT_IP, id.client_ip.to_string()),
-        (proof::header::TIME, now.to_string()),
-        (
-            proof::header::PROOF,
-            proof::sign(secret, id, method, path, now),
-        ),
-    ]
+    let request = RequestProof {
+        method,
+        path_and_query,
+        client_ip,
+        identity,
+        time: now,
+    };
+    let mut headers = Vec::with_capacity(6);
+    if let Some(id) = identity {
+        headers.push((proof::header::USER_ID, id.user_id.to_string()));
+        headers.push((proof::header::SESSION_ID, id.session_id.to_string()));
+        headers.push((proof::header::SCOPE, id.scope.to_string()));
+    }
+    headers.push((proof::header::CLIENT_IP, client_ip.to_string()));
+    headers.push((proof::header::TIME, now.to_string()));
+    headers.push((proof::header::PROOF, request.sign(key)));
+    headers
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use shared::proof::ProofKeys;
 
     #[test]
-    fn identity_and_address_headers_from_clients_are_stripped_in_any_case() {
+    fn every_x_auth_header_and_every_address_header_from_clients_is_stripped() {
         for name in [
             "X-Auth-User-Id",
             "x-auth-proof",
             "X-AUTH-SCOPE",
             "x-auth-time",
-            "X-Forwarded-For",
             "x-auth-client-ip",
             "x-auth-session-id",
+            "x-auth-anything-else",
+            "X-Forwarded-For",
+            "x-forwarded-host",
+            "x-forwarded-proto",
+            "Forwarded",
+            "x-real-ip",
+            "True-Client-IP",
         ] {
             assert!(is_stripped(name), "{name}");
         }
-        for name in ["authorization", "content-type", "x-request-id", "cookie"] {
+        for name in [
+            "authorization",
+            "content-type",
+            "x-request-id",
+            "cookie",
+            "x-authx",
+        ] {
             assert!(!is_stripped(name), "{name}");
         }
     }
 
     #[test]
-    fn the_headers_carry_a_proof_the_upstream_accepts() {
-        let secret = b"0123456789abcdef0123456789abcdef";
+    fn the_headers_carry_a_proof_the_receiver_accepts_and_only_with_its_key() {
+        let keys = ProofKeys::derive(b"0123456789abcdef0123456789abcdef");
         let id = Identity {
             user_id: "u",
             session_id: "s",
             scope: "profile",
-            client_ip: "203.0.113.1",
         };
-        let headers = identity_headers(secret, &id, "GET", "/api/me", 1000);
+        let headers = proof_headers(
+            &keys.upstream,
+            "GET",
+            "/api/me?a=1",
+            "203.0.113.1",
+            Some(id),
+            1000,
+        );
         let get = |name| {
             headers
                 .iter()
                 .find(|(n, _)| *n == name)
                 .map(|(_, v)| v.as_str())
-                .unwrap()
         };
-        assert_eq!(
-            proof::verify(
-                secret,
-                &id,
-                "GET",
-                "/api/me",
-                1000,
-                get(proof::header::PROOF),
-                1001
-            ),
-            Ok(())
+        assert_eq!(get(proof::header::USER_ID), Some("u"));
+        let request = RequestProof {
+            method: "GET",
+            path_and_query: "/api/me?a=1",
+            client_ip: get(proof::header::CLIENT_IP).unwrap(),
+            identity: Some(id),
+            time: get(proof::header::TIME).unwrap().parse().unwrap(),
+        };
+        let given = get(proof::header::PROOF).unwrap();
+        assert_eq!(request.verify(&keys.upstream, given, 1001), Ok(()));
+        assert!(request.verify(&keys.origin, given, 1001).is_err());
+
+        let anonymous = proof_headers(
+            &keys.origin,
+            "POST",
+            "/auth/login",
+            "203.0.113.1",
+            None,
+            1000,
         );
+        assert!(anonymous.iter().all(|(n, _)| *n != proof::header::USER_ID));
+        assert_eq!(anonymous.len(), 3, "address, time and proof only");
     }
 }

@@ -37,7 +37,7 @@ pub enum Refused {
 
 /// Checks the proof headers against the body, then parses the operations.
 pub fn parse(
-    secret: &[u8],
+    key: &[u8; 32],
     prefix: &str,
     time: Option<&str>,
     given: Option<&str>,
@@ -48,7 +48,7 @@ pub fn parse(
         .and_then(|t| t.parse().ok())
         .ok_or(Refused::Unauthenticated)?;
     let given = given.ok_or(Refused::Unauthenticated)?;
-    proof::verify_message(secret, CONTEXT, time, body, given, now)
+    proof::verify_message(key, CONTEXT, time, body, given, now)
         .map_err(|_| Refused::Unauthenticated)?;
     let value: Value =
         serde_json::from_slice(body).map_err(|_| Refused::Invalid("body is not JSON"))?;
@@ -90,7 +90,7 @@ pub fn parse(
 mod tests {
     use super::*;
 
-    const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+    const SECRET: &[u8; 32] = b"0123456789abcdef0123456789abcdef";
 
     fn signed(body: &str, time: u64) -> (String, String) {
         (
@@ -164,7 +164,7 @@ mod tests {
         );
         assert_eq!(
             parse(
-                b"another secret of thirty-two bytes",
+                b"another key of thirty-two bytes!",
                 "auth:",
                 Some(&time),
                 Some(&given),

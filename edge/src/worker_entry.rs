@@ -92,8 +92,8 @@ async fn fetch(req: Request, env: Env, _ctx: worker::Context) -> Result<Response
     let url = req.url()?;
     match classify(url.path(), &config.protected) {
         Route::Hidden => json_error(404, "not_found", "no such resource"),
-        Route::Origin => send(req, &config.origin_url, Vec::new()).await,
-        Route::Public => send(req, &config.upstream_url, Vec::new()).await,
+        Route::Origin => send(req, &config.origin_url, &config.keys.origin, None).await,
+        Route::Public => send(req, &config.upstream_url, &config.keys.upstream, None).await,
         Route::Protected => protected(req, &env, &config).await,
         Route::KvSync => kv_sync(req, &env, &config).await,
     }
@@ -108,7 +108,7 @@ async fn kv_sync(mut req: Request, env: &Env, config: &Config) -> Result<Respons
     let given = req.headers().get(shared::proof::message_header::PROOF)?;
     let body = req.bytes().await?;
     let ops = match crate::sync::parse(
-        config.edge_secret.as_bytes(),
+        &config.keys.kv_sync,
         &config.key_prefix,
         time.as_deref(),
         given.as_deref(),
@@ -147,29 +147,39 @@ fn client_ip(req: &Request) -> String {
 }
 
 /// Sends `req` to `base` + its path and query: headers a client may not set are
-/// removed, `extra` added, the client's address passed on, redirects not followed.
-/// With an identity in `extra` the credential itself is dropped: the upstream gets
-/// the proven identity, not the token.
-async fn send(req: Request, base: &str, extra: Vec<(&'static str, String)>) -> Result<Response> {
-    let drop_credential = !extra.is_empty();
+/// removed, the client's address (and on a protected path the identity) added with a
+/// proof signed by `key`, redirects not followed. With an identity the credential
+/// itself is dropped: the upstream gets the proven identity, not the token.
+async fn send(
+    req: Request,
+    base: &str,
+    key: &[u8; 32],
+    identity: Option<Identity<'_>>,
+) -> Result<Response> {
     let url = req.url()?;
-    let target = format!(
-        "{base}{}{}",
-        url.path(),
-        url.query().map(|q| format!("?{q}")).unwrap_or_default()
-    );
+    let path_and_query = match url.query() {
+        Some(query) => format!("{}?{query}", url.path()),
+        None => url.path().to_string(),
+    };
+    let target = format!("{base}{path_and_query}");
     let headers = Headers::new();
     for (name, value) in req.headers().entries() {
-        let credential = drop_credential && name.eq_ignore_ascii_case("authorization");
+        let credential = identity.is_some() && name.eq_ignore_ascii_case("authorization");
         if !forward::is_stripped(&name) && name != "host" && !credential {
             headers.set(&name, &value)?;
         }
     }
-    headers.set(forward::CLIENT_IP_HEADER, &client_ip(&req))?;
-    for (name, value) in extra {
+    let method = req.method();
+    for (name, value) in forward::proof_headers(
+        key,
+        method.as_ref(),
+        &path_and_query,
+        &client_ip(&req),
+        identity,
+        now(),
+    ) {
         headers.set(name, &value)?;
     }
-    let method = req.method();
     let mut init = RequestInit::new();
     init.with_method(method.clone())
         .with_headers(headers)
@@ -233,22 +243,12 @@ async fn protected(req: Request, env: &Env, config: &Config) -> Result<Response>
             None => return unavailable(),
         },
     };
-    let ip = client_ip(&req);
     let id = Identity {
         user_id: claims.subject(),
         session_id: claims.session_id(),
         scope: &scope,
-        client_ip: &ip,
     };
-    let path = req.url()?.path().to_string();
-    let headers = forward::identity_headers(
-        config.edge_secret.as_bytes(),
-        &id,
-        req.method().as_ref(),
-        &path,
-        now(),
-    );
-    send(req, &config.upstream_url, headers).await
+    send(req, &config.upstream_url, &config.keys.upstream, Some(id)).await
 }
 
 fn bearer(value: &str) -> Option<String> {
@@ -472,11 +472,10 @@ async fn fallback(config: &Config, claims: &VerifiedClaims, ip: &str) -> Option<
         user_id: claims.subject(),
         session_id: claims.session_id(),
         scope: claims.scope(),
-        client_ip: ip,
     };
     let headers = Headers::new();
     for (name, value) in
-        forward::identity_headers(config.edge_secret.as_bytes(), &id, "POST", path, now())
+        forward::proof_headers(&config.keys.validate, "POST", path, ip, Some(id), now())
     {
         headers.set(name, &value).ok()?;
     }

@@ -7,7 +7,7 @@ use axum::http::request::Parts;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::auth::{AuthSession, EdgeIdentity};
+use crate::auth::AuthSession;
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 
@@ -21,7 +21,13 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        if let Some(edge) = EdgeIdentity::from_parts(parts, state) {
+        // Behind the edge: the identity it proved with the upstream key.
+        let vouched = state
+            .proof_keys
+            .as_ref()
+            .and_then(|keys| crate::edge::vouched(parts, &keys.upstream, shared::unix_now()))
+            .and_then(|v| v.identity);
+        if let Some(edge) = vouched {
             return Ok(Caller {
                 user_id: edge.user_id,
                 session_id: edge.session_id,
@@ -47,9 +53,7 @@ pub async fn me(State(state): State<AppState>, caller: Caller) -> ApiResult<axum
     let username = match cached {
         Some(name) => name,
         None => {
-            let name: String = sqlx::query_scalar("select username from app_user where id = $1")
-                .bind(caller.user_id)
-                .fetch_optional(&state.db)
+            let name = crate::db::users::username(&state.db, caller.user_id)
                 .await?
                 .ok_or(ApiError::InvalidToken)?;
             let mut cache = state.usernames.lock().unwrap_or_else(|e| e.into_inner());

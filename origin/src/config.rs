@@ -126,11 +126,40 @@ pub struct Config {
     #[arg(long, env = "HASH_CONCURRENCY")]
     pub hash_concurrency: Option<usize>,
 
-    /// Header holding the client's address, set by a trusted proxy (e.g. `cf-connecting-ip`).
-    /// Only set it when clients cannot reach the origin except through that proxy.
-    /// Unset: the TCP peer address.
+    /// How long a login or registration waits for a hashing slot before 503 with
+    /// `Retry-After`, seconds.
+    #[arg(long, env = "HASH_QUEUE_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=60))]
+    pub hash_queue_timeout_secs: u64,
+
+    /// For deployments WITHOUT the edge only: the header holding the client's address,
+    /// set by a proxy in front of the origin (e.g. `x-forwarded-for`, first entry).
+    /// Whoever can reach the origin can write this header, so set it only when every
+    /// request passes through that proxy, which must overwrite it. Behind the edge leave
+    /// it unset: the edge signs the address it saw (`x-auth-client-ip`), and a request
+    /// without a valid proof counts as coming from its TCP peer.
     #[arg(long, env = "CLIENT_IP_HEADER")]
     pub client_ip_header: Option<String>,
+
+    /// Failed logins per account (and per remembered device) before each further one
+    /// locks it for 1 s, 2 s, 4 s … up to 15 min (NIST SP 800-63B §5.2.2).
+    #[arg(long, env = "LOGIN_FAILURES_PER_ACCOUNT", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub login_failures_per_account: u64,
+
+    /// Login attempts per client address (IPv6: per /64) in an hour before delays
+    /// start. Looser than per account: many people share an address (NAT, offices).
+    #[arg(long, env = "LOGIN_ATTEMPTS_PER_ADDRESS", default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub login_attempts_per_address: u64,
+
+    /// Registrations per client address (IPv6: per /64) in an hour before delays
+    /// start: each costs an Argon2 hash.
+    #[arg(long, env = "REGISTRATIONS_PER_ADDRESS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub registrations_per_address: u64,
+
+    /// Cookies without the `__Secure-` name prefix, for a browser talking to
+    /// `http://127.0.0.1` in development (`scripts/dev` sets it). Never in production:
+    /// the prefix makes browsers refuse the cookie from a page that is not HTTPS.
+    #[arg(long, env = "DEV_COOKIE_NAMES", default_value_t = false)]
+    pub dev_cookie_names: bool,
 
     /// Requests per second the edge's degraded-mode check (`/internal/validate`) may make.
     #[arg(long, env = "FALLBACK_RATE_PER_SEC", default_value_t = 200)]

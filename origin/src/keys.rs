@@ -12,6 +12,10 @@ use crate::config::Config;
 pub struct Keys {
     pub active: SigningKey,
     pub published: KeySet,
+    /// Keys of remembered-device cookies (`crate::device`), derived from the signing
+    /// keys' seeds: the active key's first. A cookie made under a retired key keeps
+    /// working while that key is loaded.
+    pub device: Vec<[u8; 32]>,
     /// The JWKS document, rendered once.
     pub jwks: String,
 }
@@ -31,9 +35,14 @@ impl Keys {
         public.extend(others.iter().map(SigningKey::verifying_key));
         let published = KeySet::new(public).map_err(|e| format!("key set: {e}"))?;
         let jwks = published.to_jwks();
+        let device = std::iter::once(&active)
+            .chain(&others)
+            .map(|k| k.derive_secret(b"remembered device cookie"))
+            .collect();
         Ok(Keys {
             active,
             published,
+            device,
             jwks,
         })
     }

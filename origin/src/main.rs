@@ -75,11 +75,13 @@ async fn run(config: Config) -> Result<(), String> {
         .run(&db)
         .await
         .map_err(|e| format!("applying migrations: {e}"))?;
-    let kv = match (&config.edge_kv_sync_url, &config.edge_secret) {
-        (Some(url), Some(secret)) => Some(origin::store::KvSync::new(
-            url.clone(),
-            secret.expose_secret().as_bytes(),
-        )),
+    let proof_keys = config.edge_secret.as_ref().map(|s| {
+        Arc::new(shared::proof::ProofKeys::derive(
+            s.expose_secret().as_bytes(),
+        ))
+    });
+    let kv = match (&config.edge_kv_sync_url, &proof_keys) {
+        (Some(url), Some(keys)) => Some(origin::store::KvSync::new(url.clone(), keys.kv_sync)),
         (Some(_), None) => return Err("EDGE_KV_SYNC_URL needs EDGE_SECRET".into()),
         (None, _) => None,
     };
@@ -91,10 +93,11 @@ async fn run(config: Config) -> Result<(), String> {
     let concurrency = config
         .hash_concurrency
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
-    let hasher = Hasher::new(
+    let hasher = Hasher::with_queue_timeout(
         config.argon2_memory_kib,
         config.argon2_iterations,
         concurrency,
+        Duration::from_secs(config.hash_queue_timeout_secs),
     )?;
     let validator = shared::Validator::new(config.issuer.clone(), config.audience.clone())
         .with_limits(shared::Limits {
@@ -109,6 +112,7 @@ async fn run(config: Config) -> Result<(), String> {
         validator: Arc::new(validator),
         hasher,
         fallback_limit: Arc::new(RateLimit::new(config.fallback_rate_per_sec)),
+        proof_keys,
         usernames: Default::default(),
         config: Arc::new(config),
     };

@@ -16,13 +16,17 @@ pub const MAX_PASSWORD_CHARS: usize = 256;
 /// Bytes refused before any hashing, so a huge input never reaches Argon2.
 pub const MAX_PASSWORD_BYTES: usize = 1024;
 
-/// How long a request waits for a hashing slot before answering 503.
-const QUEUE_TIMEOUT: Duration = Duration::from_secs(10);
-
 #[derive(Clone)]
 pub struct Hasher {
     argon2: Argon2<'static>,
+    /// Every hash takes one of these (`HASH_CONCURRENCY`).
     slots: Arc<Semaphore>,
+    /// A registration takes one of these first: registrations never hold more than
+    /// this many slots, so the rest stay for logins, and a flood of sign-ups (each an
+    /// Argon2 hash) cannot make a login wait into a 503.
+    registration_slots: Arc<Semaphore>,
+    /// How long a request waits for its slots before 503.
+    queue_timeout: Duration,
     /// Argon2's working memory (`ARGON2_MEMORY_KIB` each), reused: at most one per
     /// slot ever exists. Allocating it per hash let glibc keep a freed 19 MiB buffer
     /// in the arena of every blocking thread that had hashed: 430 MiB of RSS after a
@@ -33,6 +37,19 @@ pub struct Hasher {
     dummy: Arc<str>,
 }
 
+/// What a hash is for: registrations get a share of the hashing slots only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Purpose {
+    Login,
+    Registration,
+}
+
+/// Slots a registration may hold out of `concurrency`: half, rounded down, at least
+/// one. Logins can always use the other half (with a single slot they share it).
+pub fn registration_share(concurrency: usize) -> usize {
+    (concurrency / 2).max(1)
+}
+
 pub enum Verified {
     Yes { rehash: Option<String> },
     No,
@@ -40,6 +57,15 @@ pub enum Verified {
 
 impl Hasher {
     pub fn new(memory_kib: u32, iterations: u32, concurrency: usize) -> Result<Self, String> {
+        Self::with_queue_timeout(memory_kib, iterations, concurrency, Duration::from_secs(10))
+    }
+
+    pub fn with_queue_timeout(
+        memory_kib: u32,
+        iterations: u32,
+        concurrency: usize,
+        queue_timeout: Duration,
+    ) -> Result<Self, String> {
         let params = Params::new(memory_kib, iterations, 1, None)
             .map_err(|e| format!("argon2 parameters: {e}"))?;
         let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
@@ -50,23 +76,37 @@ impl Hasher {
         Ok(Hasher {
             argon2,
             slots: Arc::new(Semaphore::new(concurrency.max(1))),
+            registration_slots: Arc::new(Semaphore::new(registration_share(concurrency))),
+            queue_timeout,
             memory: Arc::new(Mutex::new(vec![memory])),
             dummy: dummy.into(),
         })
     }
 
-    /// Runs `work` on the blocking pool once a hashing slot is free, with a slot's
-    /// working memory.
+    /// Runs `work` on the blocking pool once a hashing slot is free (for a
+    /// registration, once one of its share is free too), with a slot's working memory.
     async fn run<T: Send + 'static>(
         &self,
+        purpose: Purpose,
         work: impl FnOnce(&Argon2<'static>, &mut [Block]) -> T + Send + 'static,
     ) -> Result<T, ApiError> {
-        let permit = tokio::time::timeout(QUEUE_TIMEOUT, self.slots.clone().acquire_owned())
+        let busy = || ApiError::Unavailable {
+            what: "too many password checks in progress",
+            retry_after: 2,
+        };
+        let acquire = async {
+            let share = match purpose {
+                Purpose::Registration => {
+                    Some(self.registration_slots.clone().acquire_owned().await?)
+                }
+                Purpose::Login => None,
+            };
+            let slot = self.slots.clone().acquire_owned().await?;
+            Ok::<_, tokio::sync::AcquireError>((share, slot))
+        };
+        let permit = tokio::time::timeout(self.queue_timeout, acquire)
             .await
-            .map_err(|_| ApiError::Unavailable {
-                what: "too many logins in progress",
-                retry_after: 2,
-            })?
+            .map_err(|_| busy())?
             .map_err(|_| ApiError::Internal)?;
         let argon2 = self.argon2.clone();
         let pool = self.memory.clone();
@@ -84,10 +124,13 @@ impl Hasher {
         .map_err(|_| ApiError::Internal)
     }
 
+    /// A new hash of `password` (a registration).
     pub async fn hash(&self, password: String) -> Result<String, ApiError> {
-        self.run(move |argon2, memory| hash_with(argon2, memory, password.as_bytes()))
-            .await?
-            .map_err(|_| ApiError::Internal)
+        self.run(Purpose::Registration, move |argon2, memory| {
+            hash_with(argon2, memory, password.as_bytes())
+        })
+        .await?
+        .map_err(|_| ApiError::Internal)
     }
 
     /// Checks `password` against `stored`, or against the dummy hash when the user does
@@ -101,7 +144,7 @@ impl Hasher {
             Some(hash) => (hash, true),
             None => (self.dummy.to_string(), false),
         };
-        self.run(move |argon2, memory| {
+        self.run(Purpose::Login, move |argon2, memory| {
             let Ok(parsed) = PasswordHash::new(&stored) else {
                 return Verified::No;
             };
@@ -304,6 +347,41 @@ mod tests {
         {
             Verified::Yes { rehash: Some(new) } => assert!(new.contains("m=19456,t=3,p=1")),
             _ => panic!("expected an upgrade"),
+        }
+    }
+
+    #[test]
+    fn registrations_get_half_the_slots_and_logins_keep_the_rest() {
+        assert_eq!([1, 2, 3, 4, 8].map(registration_share), [1, 1, 1, 2, 4]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_flood_of_registrations_leaves_a_slot_for_a_login() {
+        let hasher = Hasher::new(19_456, 2, 2).unwrap();
+        let hash = hasher.hash("correct horse".into()).await.unwrap();
+        let flood: Vec<_> = (0..20)
+            .map(|_| {
+                let h = hasher.clone();
+                tokio::spawn(async move { h.hash("some password".into()).await })
+            })
+            .collect();
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert_eq!(
+            hasher.registration_slots.available_permits(),
+            0,
+            "the flood holds its whole share"
+        );
+        let started = std::time::Instant::now();
+        let login = hasher.verify("correct horse".into(), Some(hash)).await;
+        assert!(matches!(login, Ok(Verified::Yes { .. })));
+        // One hash's time, not the queue of 20 registrations ahead of it.
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+        for task in flood {
+            let _ = task.await;
         }
     }
 

@@ -4,8 +4,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 use shared::Validator;
+use shared::proof::ProofKeys;
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -25,19 +26,14 @@ pub struct AppState {
     pub throttle: Arc<Throttle>,
     pub config: Arc<Config>,
     pub fallback_limit: Arc<RateLimit>,
+    /// Keys derived from `EDGE_SECRET`, one per purpose; `None` without the edge.
+    pub proof_keys: Option<Arc<ProofKeys>>,
     /// user id → username. Usernames never change, so the example API answers
     /// without a database query after the first request of a user.
     pub usernames: Arc<Mutex<HashMap<Uuid, String>>>,
 }
 
 impl AppState {
-    pub fn edge_secret(&self) -> Option<&[u8]> {
-        self.config
-            .edge_secret
-            .as_ref()
-            .map(|s| s.expose_secret().as_bytes())
-    }
-
     pub fn client_secret(&self) -> Option<(&str, &SecretString)> {
         Some((
             self.config.client_id.as_deref()?,

@@ -18,6 +18,11 @@ use crate::metrics::METRICS;
 /// Budget of one Redis operation, connection included.
 const TIMEOUT: Duration = Duration::from_millis(500);
 
+/// After a failure, calls fail at once for this long instead of each waiting out its
+/// budget: with Redis down, a login would otherwise spend seconds on budgets (throttle,
+/// publish) before its fallbacks answer. Background tasks probe again after it.
+const BREAK_FOR: Duration = Duration::from_secs(1);
+
 #[derive(Debug)]
 pub struct StoreError;
 
@@ -25,6 +30,8 @@ pub struct StoreError;
 pub struct Store {
     client: redis::Client,
     conn: std::sync::Arc<OnceCell<ConnectionManager>>,
+    /// Until when calls fail at once (the breaker, see [`BREAK_FOR`]).
+    broken_until: std::sync::Arc<std::sync::Mutex<Option<std::time::Instant>>>,
     prefix: String,
     kv: Option<KvSync>,
 }
@@ -34,16 +41,16 @@ pub struct Store {
 #[derive(Clone)]
 pub struct KvSync {
     url: String,
-    secret: std::sync::Arc<[u8]>,
+    key: [u8; 32],
     http: reqwest::Client,
     epoch_pushed: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl KvSync {
-    pub fn new(url: String, secret: &[u8]) -> Self {
+    pub fn new(url: String, key: [u8; 32]) -> Self {
         KvSync {
             url,
-            secret: secret.into(),
+            key,
             http: reqwest::Client::new(),
             epoch_pushed: Default::default(),
         }
@@ -52,7 +59,7 @@ impl KvSync {
     async fn push_once(&self, ops: &serde_json::Value) -> bool {
         let body = serde_json::json!({ "ops": ops }).to_string();
         let now = shared::unix_now();
-        let proof = shared::proof::sign_message(&self.secret, "kv-sync", now, body.as_bytes());
+        let proof = shared::proof::sign_message(&self.key, "kv-sync", now, body.as_bytes());
         let sent = self
             .http
             .post(&self.url)
@@ -96,6 +103,7 @@ impl Store {
         Ok(Store {
             client,
             conn: Default::default(),
+            broken_until: Default::default(),
             prefix,
             kv,
         })
@@ -123,8 +131,23 @@ impl Store {
 
     fn failed(&self, what: &'static str) -> StoreError {
         METRICS.redis_errors.inc();
-        tracing::warn!(operation = what, "redis unavailable");
+        let mut until = self.broken_until.lock().unwrap_or_else(|e| e.into_inner());
+        if until.is_none_or(|t| t <= std::time::Instant::now()) {
+            tracing::warn!(
+                operation = what,
+                "redis unavailable; failing fast for {BREAK_FOR:?}"
+            );
+        }
+        *until = Some(std::time::Instant::now() + BREAK_FOR);
         StoreError
+    }
+
+    /// Whether the breaker is open: a recent failure, so fail at once.
+    fn broken(&self) -> bool {
+        self.broken_until
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some_and(|t| t > std::time::Instant::now())
     }
 
     /// Runs one Redis operation on the shared connection within the time budget;
@@ -134,6 +157,10 @@ impl Store {
         what: &'static str,
         op: impl AsyncFnOnce(&mut ConnectionManager) -> redis::RedisResult<T>,
     ) -> Result<T, StoreError> {
+        if self.broken() {
+            METRICS.redis_errors.inc();
+            return Err(StoreError);
+        }
         let mut conn = self.conn().await?;
         match tokio::time::timeout(TIMEOUT, op(&mut conn)).await {
             Ok(Ok(value)) => Ok(value),

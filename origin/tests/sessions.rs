@@ -363,7 +363,7 @@ async fn jwks_publishes_the_signing_key() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn identity_headers_sent_straight_to_the_origin_grant_nothing() {
-    use shared::proof::{Identity, header, sign};
+    use shared::proof::{Identity, ProofKeys, RequestProof, header};
     // Arrange: a real user and session, whose identity a client tries to assert itself.
     let origin = Origin::start().await;
     let victim = origin.new_user().await;
@@ -372,7 +372,7 @@ async fn identity_headers_sent_straight_to_the_origin_grant_nothing() {
     let attacker_tokens = origin
         .login_ok(&attacker.username, &attacker.password)
         .await;
-    let edge_secret = origin.env("EDGE_SECRET").unwrap().as_bytes().to_vec();
+    let keys = ProofKeys::derive(origin.env("EDGE_SECRET").unwrap().as_bytes());
     let sid = victim_tokens.sid();
     let scope = victim_tokens.0["scope"].as_str().unwrap().to_owned();
     let now = shared::unix_now();
@@ -380,18 +380,27 @@ async fn identity_headers_sent_straight_to_the_origin_grant_nothing() {
         user_id: &victim.user_id,
         session_id: &sid,
         scope: &scope,
-        client_ip: "203.0.113.9",
+    };
+    let sign = |key: &[u8; 32], path: &str, time: u64| {
+        RequestProof {
+            method: "GET",
+            path_and_query: path,
+            client_ip: "203.0.113.9",
+            identity: Some(identity),
+            time,
+        }
+        .sign(key)
     };
     let other_secret = sign(
-        b"not the edge secret, not the edge secret",
-        &identity,
-        "GET",
+        &ProofKeys::derive(b"not the edge secret, not the edge secret").upstream,
         "/api/me",
         now,
     );
-    let other_path = sign(&edge_secret, &identity, "GET", "/api/other", now);
-    let stale = sign(&edge_secret, &identity, "GET", "/api/me", now - 600);
-    let genuine = sign(&edge_secret, &identity, "GET", "/api/me", now);
+    let other_purpose = sign(&keys.origin, "/api/me", now);
+    let other_path = sign(&keys.upstream, "/api/other", now);
+    let other_query = sign(&keys.upstream, "/api/me?as=admin", now);
+    let stale = sign(&keys.upstream, "/api/me", now - 600);
+    let genuine = sign(&keys.upstream, "/api/me", now);
     let (now_text, stale_text) = (now.to_string(), (now - 600).to_string());
     let attempts: Vec<(&str, Vec<(&str, &str)>)> = vec![
         ("identity headers, no proof", vec![]),
@@ -404,8 +413,16 @@ async fn identity_headers_sent_straight_to_the_origin_grant_nothing() {
             vec![(header::PROOF, &other_secret), (header::TIME, &now_text)],
         ),
         (
+            "identity headers, proof made with the key of another purpose",
+            vec![(header::PROOF, &other_purpose), (header::TIME, &now_text)],
+        ),
+        (
             "identity headers, proof for another path",
             vec![(header::PROOF, &other_path), (header::TIME, &now_text)],
+        ),
+        (
+            "identity headers, proof for another query",
+            vec![(header::PROOF, &other_query), (header::TIME, &now_text)],
         ),
         (
             "identity headers, proof ten minutes old",

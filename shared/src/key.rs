@@ -107,6 +107,17 @@ impl SigningKey {
         }
     }
 
+    /// A 32-byte secret for another purpose (`info` names it), derived from this
+    /// key's seed with HKDF-SHA256 (RFC 5869): the issuer's other MACs need no second
+    /// secret to distribute, and knowing one derived secret reveals neither the seed
+    /// nor any other.
+    pub fn derive_secret(&self, info: &[u8]) -> [u8; 32] {
+        let prk = hmac_sha256::HKDF::extract(b"edge-auth derived secret v1", *self.pair.sk.seed());
+        let mut out = [0u8; 32];
+        hmac_sha256::HKDF::expand(&mut out, prk, info);
+        out
+    }
+
     /// Deterministic Ed25519 signature (RFC 8032 §5.1.6).
     pub(crate) fn sign_bytes(&self, message: &[u8]) -> [u8; 64] {
         *self.pair.sk.sign(message, None)

@@ -1,18 +1,28 @@
-//! Proof that a request came through the edge (DESIGN.md §4).
+//! Proof that a request came through the edge (DESIGN.md §4), and the keys for it.
 //!
-//! The edge forwards the verified identity in headers and adds an HMAC-SHA256, keyed
-//! with a secret it shares with the upstream, over the identity, the request's method
-//! and path, and the time. The upstream recomputes it and accepts the identity only
-//! when it matches and is recent, so a client that reaches the upstream directly, or
-//! replays headers onto another path, gains nothing.
+//! The edge and the origin share one secret (`EDGE_SECRET`). Neither uses it directly:
+//! [`ProofKeys::derive`] turns it into one key per purpose (HKDF-SHA256, RFC 5869), so
+//! a party that can check one kind of proof cannot forge another. An upstream API that
+//! verifies identity proofs holds only the upstream key; it cannot sign the origin's KV
+//! pushes nor ask the origin's `/internal/validate`.
+//!
+//! Every request the edge forwards carries the client's address, the time and an
+//! HMAC-SHA256 over them, the method, the path with its raw query and, on a protected
+//! path, the verified identity ([`RequestProof`]). The receiver recomputes it and
+//! accepts what it vouches for only when it matches and is recent, so a client that
+//! reaches the origin directly, replays the headers onto another path or query, or
+//! sends its own `x-auth-*` headers, gains nothing.
 //!
 //! ```
-//! use shared::proof::{Identity, sign, verify};
+//! use shared::proof::{Identity, ProofKeys, RequestProof};
 //!
-//! let id = Identity { user_id: "u1", session_id: "s1", scope: "read", client_ip: "203.0.113.9" };
-//! let proof = sign(b"0123456789abcdef0123456789abcdef", &id, "GET", "/api/me", 1_000);
-//! assert!(verify(b"0123456789abcdef0123456789abcdef", &id, "GET", "/api/me", 1_000, &proof, 1_010).is_ok());
-//! assert!(verify(b"0123456789abcdef0123456789abcdef", &id, "GET", "/api/admin", 1_000, &proof, 1_010).is_err());
+//! let keys = ProofKeys::derive(b"0123456789abcdef0123456789abcdef");
+//! let id = Identity { user_id: "u1", session_id: "s1", scope: "read" };
+//! let request = RequestProof { method: "GET", path_and_query: "/api/me?x=1", client_ip: "203.0.113.9", identity: Some(id), time: 1_000 };
+//! let proof = request.sign(&keys.upstream);
+//! assert!(request.verify(&keys.upstream, &proof, 1_010).is_ok());
+//! assert!(RequestProof { path_and_query: "/api/me?x=2", ..request }.verify(&keys.upstream, &proof, 1_010).is_err());
+//! assert!(request.verify(&keys.origin, &proof, 1_010).is_err()); // another purpose's key
 //! ```
 
 use alloc::string::String;
@@ -22,82 +32,135 @@ use crate::b64;
 /// Most seconds between signing and checking a proof, either way (clock skew included).
 pub const MAX_AGE: u64 = 60;
 
-/// Header names the edge sets (after removing any a client sent) and the upstream reads.
+/// Header names the edge sets (after removing every `x-auth-*` a client sent) and the
+/// receiver reads.
 pub mod header {
+    /// Every header of this family starts with it: the edge strips them all from
+    /// client requests, whatever follows the prefix.
+    pub const PREFIX: &str = "x-auth-";
     pub const USER_ID: &str = "x-auth-user-id";
     pub const SESSION_ID: &str = "x-auth-session-id";
     pub const SCOPE: &str = "x-auth-scope";
     pub const CLIENT_IP: &str = "x-auth-client-ip";
     pub const TIME: &str = "x-auth-time";
     pub const PROOF: &str = "x-auth-proof";
-    /// Every identity header: the edge strips all of these from client requests.
-    pub const ALL: [&str; 6] = [USER_ID, SESSION_ID, SCOPE, CLIENT_IP, TIME, PROOF];
 }
 
-/// The identity the edge vouches for.
+/// One 32-byte key per purpose, derived from the shared secret. Its `Debug` prints no
+/// key material.
+#[derive(Clone)]
+pub struct ProofKeys {
+    /// Requests forwarded to the upstream API (identity and client address).
+    pub upstream: [u8; 32],
+    /// Requests forwarded to the origin (`/auth/*`, the JWKS): the client address.
+    pub origin: [u8; 32],
+    /// The edge's calls to the origin's `/internal/validate`.
+    pub validate: [u8; 32],
+    /// The origin's pushes of session records to the edge's KV sync.
+    pub kv_sync: [u8; 32],
+}
+
+impl core::fmt::Debug for ProofKeys {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("ProofKeys(..)")
+    }
+}
+
+impl ProofKeys {
+    /// HKDF-SHA256 (RFC 5869) of `secret`, one expansion per purpose.
+    pub fn derive(secret: &[u8]) -> Self {
+        let prk = hmac_sha256::HKDF::extract(b"edge-auth proof keys v1", secret);
+        let expand = |info: &[u8]| {
+            let mut key = [0u8; 32];
+            hmac_sha256::HKDF::expand(&mut key, prk, info);
+            key
+        };
+        ProofKeys {
+            upstream: expand(b"upstream request"),
+            origin: expand(b"origin request"),
+            validate: expand(b"internal validate"),
+            kv_sync: expand(b"kv sync"),
+        }
+    }
+}
+
+/// The identity the edge vouches for on a protected path.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Identity<'a> {
     pub user_id: &'a str,
     pub session_id: &'a str,
     pub scope: &'a str,
+}
+
+/// What a request proof covers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RequestProof<'a> {
+    pub method: &'a str,
+    /// The path and the raw query string as sent (`/a?b=c`; no `?` without a query).
+    pub path_and_query: &'a str,
+    /// The client's address as the edge saw it.
     pub client_ip: &'a str,
+    /// The verified identity, on protected paths only.
+    pub identity: Option<Identity<'a>>,
+    /// Unix seconds when the edge signed it.
+    pub time: u64,
 }
 
 /// Why a proof was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ProofError {
-    /// The proof does not match the identity, method, path and time.
+    /// The proof does not match what it claims to cover, or another key made it.
     Mismatch,
     /// The time is more than [`MAX_AGE`] seconds from now.
     Stale,
 }
 
-fn mac(secret: &[u8], id: &Identity<'_>, method: &str, path: &str, time: u64) -> [u8; 32] {
-    // Newline-separated: no field may contain a newline (ids and scopes cannot; the
-    // method and path of an HTTP request cannot), so the encoding is unambiguous.
-    let mut mac = hmac_sha256::HMAC::new(secret);
-    for field in [
-        "edge-auth identity v1",
-        id.user_id,
-        id.session_id,
-        id.scope,
-        id.client_ip,
-        method,
-        path,
-    ] {
-        mac.update(field.as_bytes());
-        mac.update(b"\n");
+impl RequestProof<'_> {
+    fn mac(&self, key: &[u8; 32]) -> [u8; 32] {
+        // Newline-separated, every field present: no field may contain a newline (ids,
+        // scopes and addresses cannot; an HTTP method, path or query cannot), so the
+        // encoding is unambiguous. An absent identity is three empty fields, which no
+        // real identity has (ids are never empty).
+        let id = self.identity.unwrap_or(Identity {
+            user_id: "",
+            session_id: "",
+            scope: "",
+        });
+        let mut mac = hmac_sha256::HMAC::new(key);
+        for field in [
+            "edge-auth request v2",
+            self.method,
+            self.path_and_query,
+            self.client_ip,
+            id.user_id,
+            id.session_id,
+            id.scope,
+        ] {
+            mac.update(field.as_bytes());
+            mac.update(b"\n");
+        }
+        mac.update(alloc::format!("{}", self.time).as_bytes());
+        mac.finalize()
     }
-    mac.update(alloc::format!("{time}").as_bytes());
-    mac.finalize()
-}
 
-/// The proof header value for `id` on a request with `method` and `path` at `time`.
-pub fn sign(secret: &[u8], id: &Identity<'_>, method: &str, path: &str, time: u64) -> String {
-    b64::encode(&mac(secret, id, method, path, time))
-}
+    /// The proof header value.
+    pub fn sign(&self, key: &[u8; 32]) -> String {
+        b64::encode(&self.mac(key))
+    }
 
-/// Checks a proof in constant time, and that `time` is within [`MAX_AGE`] of `now`.
-pub fn verify(
-    secret: &[u8],
-    id: &Identity<'_>,
-    method: &str,
-    path: &str,
-    time: u64,
-    proof: &str,
-    now: u64,
-) -> Result<(), ProofError> {
-    let expected = mac(secret, id, method, path, time);
-    let Ok(given) = b64::decode_array::<32>(proof.as_bytes()) else {
-        return Err(ProofError::Mismatch);
-    };
-    if !constant_time_eq(&expected, &given) {
-        return Err(ProofError::Mismatch);
+    /// Checks a proof in constant time, and that the time is within [`MAX_AGE`] of `now`.
+    pub fn verify(&self, key: &[u8; 32], proof: &str, now: u64) -> Result<(), ProofError> {
+        let Ok(given) = b64::decode_array::<32>(proof.as_bytes()) else {
+            return Err(ProofError::Mismatch);
+        };
+        if !constant_time_eq(&self.mac(key), &given) {
+            return Err(ProofError::Mismatch);
+        }
+        if self.time.abs_diff(now) > MAX_AGE {
+            return Err(ProofError::Stale);
+        }
+        Ok(())
     }
-    if time.abs_diff(now) > MAX_AGE {
-        return Err(ProofError::Stale);
-    }
-    Ok(())
 }
 
 /// Header names of a signed message (the origin's pushes to the edge's KV sync).
@@ -106,8 +169,8 @@ pub mod message_header {
     pub const PROOF: &str = "x-edge-sync-proof";
 }
 
-fn message_mac(secret: &[u8], context: &str, time: u64, body: &[u8]) -> [u8; 32] {
-    let mut mac = hmac_sha256::HMAC::new(secret);
+fn message_mac(key: &[u8; 32], context: &str, time: u64, body: &[u8]) -> [u8; 32] {
+    let mut mac = hmac_sha256::HMAC::new(key);
     mac.update(b"edge-auth message v1\n");
     mac.update(context.as_bytes());
     mac.update(alloc::format!("\n{time}\n").as_bytes());
@@ -116,13 +179,13 @@ fn message_mac(secret: &[u8], context: &str, time: u64, body: &[u8]) -> [u8; 32]
 }
 
 /// Proof over a whole request body for `context` (what the message is for) at `time`.
-pub fn sign_message(secret: &[u8], context: &str, time: u64, body: &[u8]) -> String {
-    b64::encode(&message_mac(secret, context, time, body))
+pub fn sign_message(key: &[u8; 32], context: &str, time: u64, body: &[u8]) -> String {
+    b64::encode(&message_mac(key, context, time, body))
 }
 
 /// Checks [`sign_message`]'s proof in constant time, and that `time` is recent.
 pub fn verify_message(
-    secret: &[u8],
+    key: &[u8; 32],
     context: &str,
     time: u64,
     body: &[u8],
@@ -132,7 +195,7 @@ pub fn verify_message(
     let Ok(given) = b64::decode_array::<32>(proof.as_bytes()) else {
         return Err(ProofError::Mismatch);
     };
-    if !constant_time_eq(&message_mac(secret, context, time, body), &given) {
+    if !constant_time_eq(&message_mac(key, context, time, body), &given) {
         return Err(ProofError::Mismatch);
     }
     if time.abs_diff(now) > MAX_AGE {
@@ -155,159 +218,190 @@ mod tests {
         user_id: "u1",
         session_id: "s1",
         scope: "read",
-        client_ip: "198.51.100.7",
     };
+    const REQUEST: RequestProof<'static> = RequestProof {
+        method: "GET",
+        path_and_query: "/api/me?page=2",
+        client_ip: "198.51.100.7",
+        identity: Some(ID),
+        time: 100,
+    };
+
+    fn keys() -> ProofKeys {
+        ProofKeys::derive(SECRET)
+    }
+
+    #[test]
+    fn each_purpose_gets_its_own_key_and_the_secret_is_none_of_them() {
+        let k = keys();
+        let all = [k.upstream, k.origin, k.validate, k.kv_sync];
+        for (i, a) in all.iter().enumerate() {
+            assert_ne!(&a[..], &SECRET[..32]);
+            for b in &all[i + 1..] {
+                assert_ne!(a, b);
+            }
+        }
+        assert_eq!(
+            ProofKeys::derive(SECRET).upstream,
+            k.upstream,
+            "deterministic"
+        );
+        assert_ne!(
+            ProofKeys::derive(b"another secret of 32 bytes, or more").upstream,
+            k.upstream
+        );
+        assert_eq!(format!("{k:?}"), "ProofKeys(..)");
+    }
 
     #[test]
     fn a_fresh_proof_for_the_same_request_verifies() {
-        let proof = sign(SECRET, &ID, "GET", "/api/me", 100);
-        assert_eq!(
-            verify(SECRET, &ID, "GET", "/api/me", 100, &proof, 100 + MAX_AGE),
-            Ok(())
-        );
-        assert_eq!(
-            verify(SECRET, &ID, "GET", "/api/me", 100, &proof, 100 - MAX_AGE),
-            Ok(())
-        );
+        let proof = REQUEST.sign(&keys().upstream);
+        for now in [100, 100 + MAX_AGE, 100 - MAX_AGE] {
+            assert_eq!(REQUEST.verify(&keys().upstream, &proof, now), Ok(()));
+        }
     }
 
     #[test]
-    fn any_changed_field_or_secret_breaks_the_proof() {
-        let proof = sign(SECRET, &ID, "GET", "/api/me", 100);
-        let check = |id: &Identity<'_>, method, path, time, secret: &[u8]| {
-            verify(secret, id, method, path, time, &proof, 100)
+    fn any_changed_field_key_or_purpose_breaks_the_proof() {
+        let key = keys().upstream;
+        let proof = REQUEST.sign(&key);
+        let other_id = |f: fn(&mut Identity<'static>)| {
+            let mut id = ID;
+            f(&mut id);
+            RequestProof {
+                identity: Some(id),
+                ..REQUEST
+            }
         };
-        assert_eq!(
-            check(
-                &Identity {
-                    user_id: "u2",
-                    ..ID
+        for (what, changed) in [
+            ("user", other_id(|id| id.user_id = "u2")),
+            ("session", other_id(|id| id.session_id = "s2")),
+            ("scope", other_id(|id| id.scope = "read admin")),
+            (
+                "no identity",
+                RequestProof {
+                    identity: None,
+                    ..REQUEST
                 },
-                "GET",
-                "/api/me",
-                100,
-                SECRET
             ),
-            Err(ProofError::Mismatch)
-        );
-        assert_eq!(
-            check(
-                &Identity {
-                    session_id: "s2",
-                    ..ID
-                },
-                "GET",
-                "/api/me",
-                100,
-                SECRET
-            ),
-            Err(ProofError::Mismatch)
-        );
-        assert_eq!(
-            check(
-                &Identity {
-                    scope: "read admin",
-                    ..ID
-                },
-                "GET",
-                "/api/me",
-                100,
-                SECRET
-            ),
-            Err(ProofError::Mismatch)
-        );
-        assert_eq!(
-            check(
-                &Identity {
+            (
+                "address",
+                RequestProof {
                     client_ip: "10.0.0.1",
-                    ..ID
+                    ..REQUEST
                 },
-                "GET",
-                "/api/me",
-                100,
-                SECRET
             ),
-            Err(ProofError::Mismatch)
-        );
-        assert_eq!(
-            check(&ID, "POST", "/api/me", 100, SECRET),
-            Err(ProofError::Mismatch)
-        );
-        assert_eq!(
-            check(&ID, "GET", "/api/other", 100, SECRET),
-            Err(ProofError::Mismatch)
-        );
-        assert_eq!(
-            check(&ID, "GET", "/api/me", 101, SECRET),
-            Err(ProofError::Mismatch)
-        );
-        assert_eq!(
-            check(&ID, "GET", "/api/me", 100, b"another secret"),
-            Err(ProofError::Mismatch)
-        );
-        assert_eq!(
-            verify(SECRET, &ID, "GET", "/api/me", 100, "not-base64!", 100),
-            Err(ProofError::Mismatch)
-        );
-    }
-
-    #[test]
-    fn a_message_proof_covers_context_time_and_every_body_byte() {
-        let proof = sign_message(SECRET, "kv-sync", 100, b"{\"ops\":[]}");
-        assert_eq!(
-            verify_message(SECRET, "kv-sync", 100, b"{\"ops\":[]}", &proof, 110),
-            Ok(())
-        );
-        assert_eq!(
-            verify_message(SECRET, "kv-sync", 100, b"{\"ops\":[1]}", &proof, 110),
-            Err(ProofError::Mismatch)
-        );
-        assert_eq!(
-            verify_message(SECRET, "other", 100, b"{\"ops\":[]}", &proof, 110),
-            Err(ProofError::Mismatch)
-        );
-        assert_eq!(
-            verify_message(SECRET, "kv-sync", 101, b"{\"ops\":[]}", &proof, 110),
-            Err(ProofError::Mismatch)
-        );
-        assert_eq!(
-            verify_message(
-                SECRET,
-                "kv-sync",
-                100,
-                b"{\"ops\":[]}",
-                &proof,
-                100 + MAX_AGE + 1
+            (
+                "method",
+                RequestProof {
+                    method: "POST",
+                    ..REQUEST
+                },
             ),
-            Err(ProofError::Stale)
+            (
+                "path",
+                RequestProof {
+                    path_and_query: "/api/other?page=2",
+                    ..REQUEST
+                },
+            ),
+            (
+                "query",
+                RequestProof {
+                    path_and_query: "/api/me?page=3",
+                    ..REQUEST
+                },
+            ),
+            (
+                "no query",
+                RequestProof {
+                    path_and_query: "/api/me",
+                    ..REQUEST
+                },
+            ),
+            (
+                "time",
+                RequestProof {
+                    time: 101,
+                    ..REQUEST
+                },
+            ),
+        ] {
+            assert_eq!(
+                changed.verify(&key, &proof, 100),
+                Err(ProofError::Mismatch),
+                "{what}"
+            );
+        }
+        for other in [keys().origin, keys().validate, keys().kv_sync] {
+            assert_eq!(
+                REQUEST.verify(&other, &proof, 100),
+                Err(ProofError::Mismatch)
+            );
+        }
+        assert_eq!(
+            REQUEST.verify(&key, "not-base64!", 100),
+            Err(ProofError::Mismatch)
         );
     }
 
     #[test]
     fn an_old_or_future_proof_is_stale() {
-        let proof = sign(SECRET, &ID, "GET", "/api/me", 100);
+        let key = keys().origin;
+        let proof = REQUEST.sign(&key);
         assert_eq!(
-            verify(
-                SECRET,
-                &ID,
-                "GET",
-                "/api/me",
-                100,
-                &proof,
-                100 + MAX_AGE + 1
-            ),
+            REQUEST.verify(&key, &proof, 100 + MAX_AGE + 1),
             Err(ProofError::Stale)
         );
-        let early = sign(SECRET, &ID, "GET", "/api/me", 200);
+        let early = RequestProof {
+            time: 200,
+            ..REQUEST
+        };
+        let proof = early.sign(&key);
         assert_eq!(
-            verify(
-                SECRET,
-                &ID,
-                "GET",
-                "/api/me",
-                200,
-                &early,
-                200 - MAX_AGE - 1
+            early.verify(&key, &proof, 200 - MAX_AGE - 1),
+            Err(ProofError::Stale)
+        );
+    }
+
+    #[test]
+    fn a_message_proof_covers_context_time_and_every_body_byte() {
+        let key = keys().kv_sync;
+        let proof = sign_message(&key, "kv-sync", 100, b"{\"ops\":[]}");
+        assert_eq!(
+            verify_message(&key, "kv-sync", 100, b"{\"ops\":[]}", &proof, 110),
+            Ok(())
+        );
+        for (context, time, body) in [
+            ("kv-sync", 100, &b"{\"ops\":[1]}"[..]),
+            ("other", 100, b"{\"ops\":[]}"),
+            ("kv-sync", 101, b"{\"ops\":[]}"),
+        ] {
+            assert_eq!(
+                verify_message(&key, context, time, body, &proof, 110),
+                Err(ProofError::Mismatch)
+            );
+        }
+        assert_eq!(
+            verify_message(
+                &keys().upstream,
+                "kv-sync",
+                100,
+                b"{\"ops\":[]}",
+                &proof,
+                110
+            ),
+            Err(ProofError::Mismatch),
+            "an upstream's key cannot sign KV pushes"
+        );
+        assert_eq!(
+            verify_message(
+                &key,
+                "kv-sync",
+                100,
+                b"{\"ops\":[]}",
+                &proof,
+                100 + MAX_AGE + 1
             ),
             Err(ProofError::Stale)
         );

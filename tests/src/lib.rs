@@ -437,8 +437,10 @@ impl Stack {
             ("EDGE_SECRET", edge_secret.clone()),
             ("ISSUER", ISSUER.into()),
             ("AUDIENCE", AUDIENCE.into()),
-            ("CLIENT_IP_HEADER", "x-forwarded-for".into()),
             ("LOG_FORMAT", "json".into()),
+            // The suites register and log in many users from one address.
+            ("REGISTRATIONS_PER_ADDRESS", "100000".into()),
+            ("LOGIN_ATTEMPTS_PER_ADDRESS", "100000".into()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
@@ -643,13 +645,22 @@ impl Stack {
         path: &str,
         body: Value,
     ) -> (u16, Value, reqwest::header::HeaderMap) {
-        let response = self
-            .http
-            .post(format!("{base}{path}"))
-            .json(&body)
-            .send()
-            .await
-            .expect("reachable");
+        self.post_json_with(base, path, body, &[]).await
+    }
+
+    /// [`post_json`](Self::post_json) with extra request headers.
+    pub async fn post_json_with(
+        &self,
+        base: &str,
+        path: &str,
+        body: Value,
+        headers: &[(&str, &str)],
+    ) -> (u16, Value, reqwest::header::HeaderMap) {
+        let mut request = self.http.post(format!("{base}{path}")).json(&body);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = request.send().await.expect("reachable");
         let (status, headers) = (response.status().as_u16(), response.headers().clone());
         let text = response.text().await.unwrap_or_default();
         (

@@ -44,20 +44,28 @@ async fn login_through_the_edge_then_api_me_returns_the_identity_with_a_valid_pr
         user_id: seen.header(proof::header::USER_ID).unwrap(),
         session_id: seen.header(proof::header::SESSION_ID).unwrap(),
         scope: seen.header(proof::header::SCOPE).unwrap(),
-        client_ip: seen.header(proof::header::CLIENT_IP).unwrap(),
     };
     assert_eq!(id.user_id, claims["sub"].as_str().unwrap());
-    let time: u64 = seen.header(proof::header::TIME).unwrap().parse().unwrap();
-    let verdict = proof::verify(
-        stack.edge_secret.as_bytes(),
-        &id,
-        "GET",
-        "/api/me",
-        time,
-        seen.header(proof::header::PROOF).unwrap(),
-        shared::unix_now(),
+    let request = proof::RequestProof {
+        method: "GET",
+        path_and_query: "/api/me",
+        client_ip: seen.header(proof::header::CLIENT_IP).unwrap(),
+        identity: Some(id),
+        time: seen.header(proof::header::TIME).unwrap().parse().unwrap(),
+    };
+    let keys = proof::ProofKeys::derive(stack.edge_secret.as_bytes());
+    let given = seen.header(proof::header::PROOF).unwrap();
+    assert_eq!(
+        request.verify(&keys.upstream, given, shared::unix_now()),
+        Ok(()),
+        "the proof the upstream received verifies with the upstream key"
     );
-    assert_eq!(verdict, Ok(()), "the proof the upstream received verifies");
+    assert!(
+        request
+            .verify(&keys.origin, given, shared::unix_now())
+            .is_err(),
+        "and with no other purpose's key"
+    );
     assert_eq!(
         seen.header("authorization"),
         None,
@@ -519,7 +527,7 @@ async fn kv_pushes_without_a_valid_proof_are_refused() {
             .to_string();
     let now = shared::unix_now();
     let forged = shared::proof::sign_message(
-        b"not the edge secret, but 32 bytes",
+        &shared::proof::ProofKeys::derive(b"not the edge secret, but 32 bytes").kv_sync,
         "kv-sync",
         now,
         body.as_bytes(),
@@ -561,8 +569,23 @@ async fn auth_responses_pass_through_with_their_headers_and_the_client_address()
         Some("no-store")
     );
 
-    // The origin saw the client's address (what wrangler dev reports), not the edge's
-    // absence of one: the session list carries it.
+    // The origin saw the client's address as the edge signed it (what wrangler dev
+    // reports), not what a client claims in headers of its own: the session list
+    // carries it.
+    let (status, body, _) = stack
+        .post_json_with(
+            &stack.edge,
+            "/auth/login",
+            json!({"username": username, "password": password}),
+            &[
+                ("x-forwarded-for", "10.9.8.7"),
+                ("x-auth-client-ip", "10.9.8.7"),
+                ("x-real-ip", "10.9.8.7"),
+                ("forwarded", "for=10.9.8.7"),
+            ],
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
     let response = stack
         .http
         .get(format!("{}/auth/sessions", stack.edge))
@@ -571,11 +594,13 @@ async fn auth_responses_pass_through_with_their_headers_and_the_client_address()
         .await
         .unwrap();
     let sessions: Value = response.json().await.unwrap();
-    let ip = sessions[0]["ip"].as_str().unwrap_or_default().to_string();
-    assert!(
-        ip.parse::<std::net::IpAddr>().is_ok() && ip != "0.0.0.0",
-        "session ip {ip:?}"
-    );
+    for session in sessions.as_array().unwrap() {
+        let ip = session["ip"].as_str().unwrap_or_default().to_string();
+        assert!(
+            ip.parse::<std::net::IpAddr>().is_ok() && ip != "0.0.0.0" && ip != "10.9.8.7",
+            "session ip {ip:?}"
+        );
+    }
 
     // A throttled login keeps its status, body and Retry-After.
     let mut throttled = None;

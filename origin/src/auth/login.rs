@@ -1,8 +1,11 @@
-//! `POST /auth/login`: Argon2id, throttled per account and per address.
+//! `POST /auth/login`: Argon2id, throttled per address and per account (or per
+//! remembered device of the account, `crate::device`).
 
 use std::time::Instant;
 
 use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::{AppendHeaders, IntoResponse, Response};
 use chrono::Utc;
 use uuid::Uuid;
 
@@ -15,14 +18,16 @@ use crate::metrics::{METRICS, Outcome};
 use crate::password::{MAX_PASSWORD_BYTES, Verified};
 use crate::state::AppState;
 use crate::throttle::{self, Key};
+use crate::{db, device};
 
 pub async fn login(
     State(state): State<AppState>,
     client: ClientInfo,
+    headers: HeaderMap,
     Json(body): Json<Credentials>,
-) -> ApiResult<TokenResponse> {
+) -> ApiResult<Response> {
     let started = Instant::now();
-    let result = attempt(&state, &client, body).await;
+    let result = attempt(&state, &client, &headers, body).await;
     METRICS
         .login_seconds
         .observe(started.elapsed().as_secs_f64());
@@ -33,43 +38,43 @@ pub async fn login(
         Err(_) => "error",
     };
     METRICS.logins.get_or_create(&Outcome { outcome }).inc();
-    result
+    let (tokens, device_cookie) = result?;
+    Ok((AppendHeaders([(header::SET_COOKIE, device_cookie)]), tokens).into_response())
 }
 
+/// Checks the credentials under the throttle; on success, the tokens and the
+/// remembered-device cookie (renewed, or new).
 async fn attempt(
     state: &AppState,
     client: &ClientInfo,
+    headers: &HeaderMap,
     body: Credentials,
-) -> ApiResult<TokenResponse> {
+) -> ApiResult<(TokenResponse, HeaderValue)> {
     if body.password.len() > MAX_PASSWORD_BYTES || body.username.len() > 256 {
         return Err(ApiError::BadRequest("username or password too long"));
     }
-    // A name that cannot exist is still checked (against the dummy hash): same time, same answer.
-    let username = normalize_username(&body.username);
-    // Throttle keys hash the name: any input is a safe key, and Redis holds no usernames.
-    let account = Key {
-        name: format!(
-            "a:{}",
-            hex(&hmac_sha256::Hash::hash(
-                body.username.to_ascii_lowercase().as_bytes()
-            ))
-        ),
-        policy: throttle::ACCOUNT,
+    let config = &state.config;
+    let account_id = throttle::account_id(&body.username);
+    let cookie_name = device::cookie_name(config.dev_cookie_names);
+    let device_id = device::read_cookie(headers, cookie_name)
+        .and_then(|cookie| device::verify(&state.keys.device, &account_id, cookie));
+    // A remembered device of this account gets a bucket of its own (crate::device);
+    // everyone else shares the account's. The address comes first: a locked address
+    // must not spend the account's attempts.
+    let owner = match &device_id {
+        Some(id) => Key::device(&body.username, id, config.login_failures_per_account),
+        None => Key::account(&body.username, config.login_failures_per_account),
     };
-    let address = Key {
-        name: format!("ip:{}", client.ip),
-        policy: throttle::ADDRESS,
-    };
-    let keys = [account, address];
-    state.throttle.check(&keys).await?;
+    let keys = [
+        Key::login_address(client.ip, config.login_attempts_per_address),
+        owner,
+    ];
+    state.throttle.reserve(&keys).await?;
 
-    let user: Option<(Uuid, String)> = match &username {
-        Some(name) => {
-            sqlx::query_as("select id, password_hash from app_user where username = $1")
-                .bind(name)
-                .fetch_optional(&state.db)
-                .await?
-        }
+    // A name that cannot exist is still checked (against the dummy hash): same time,
+    // same answer.
+    let user = match normalize_username(&body.username) {
+        Some(name) => db::users::credentials(&state.db, &name).await?,
         None => None,
     };
     let (user_id, stored) = match user {
@@ -78,20 +83,21 @@ async fn attempt(
     };
     let verified = state.hasher.verify(body.password, stored).await?;
     let (Some(user_id), Verified::Yes { rehash }) = (user_id, verified) else {
-        state.throttle.failure(&keys).await;
         tracing::info!(ip = %client.ip, "login failed");
         return Err(ApiError::InvalidGrant);
     };
-    state.throttle.success(&keys[0]).await;
+    state.throttle.succeeded(&keys).await;
     if let Some(hash) = rehash {
-        sqlx::query("update app_user set password_hash = $2, updated_at = now() where id = $1")
-            .bind(user_id)
-            .bind(hash)
-            .execute(&state.db)
-            .await?;
+        db::users::set_password_hash(&state.db, user_id, &hash).await?;
         tracing::info!(%user_id, "password hash upgraded to current parameters");
     }
-    start_session(state, user_id, client).await
+    let tokens = start_session(state, user_id, client).await?;
+    let key = state.keys.device.first().ok_or(ApiError::Internal)?;
+    let cookie = device::set_cookie(
+        cookie_name,
+        &device::token(key, &account_id, device_id.as_deref()),
+    );
+    Ok((tokens, cookie))
 }
 
 /// Creates a session and its first refresh token in one transaction.
@@ -134,8 +140,4 @@ async fn start_session(
     tx.commit().await?;
     tracing::info!(%user_id, session_id = %session.id, "login");
     issue(state, &session, &refresh).await
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -18,7 +18,6 @@ use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use shared::proof::{self, Identity};
 use shared::session::{SessionRecord, SessionState};
 use shared::{Claims, VerifiedClaims};
 use uuid::Uuid;
@@ -40,20 +39,33 @@ impl FromRequestParts<AppState> for ClientInfo {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let peer = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0.ip());
-        // A configured proxy header wins; an unparsable one is ignored, never trusted as text.
-        let forwarded = state
-            .config
-            .client_ip_header
-            .as_deref()
-            .and_then(|name| parts.headers.get(name))
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(',').next())
-            .and_then(|v| v.trim().parse().ok());
-        let ip = forwarded.or(peer).unwrap_or(IpAddr::from([0, 0, 0, 0]));
+        // The address the edge signed; else, without the edge, the configured proxy's
+        // header (an unparsable one is ignored, never trusted as text); else the peer.
+        let vouched = state
+            .proof_keys
+            .as_ref()
+            .and_then(|keys| crate::edge::vouched(parts, &keys.origin, shared::unix_now()))
+            .map(|v| v.client_ip);
+        let forwarded = || {
+            state
+                .config
+                .client_ip_header
+                .as_deref()
+                .and_then(|name| parts.headers.get(name))
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.split(',').next())
+                .and_then(|v| v.trim().parse().ok())
+        };
+        let peer = || {
+            parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0.ip())
+        };
+        let ip = vouched
+            .or_else(forwarded)
+            .or_else(peer)
+            .unwrap_or(IpAddr::from([0, 0, 0, 0]));
         let user_agent = parts
             .headers
             .get(header::USER_AGENT)
@@ -176,46 +188,6 @@ pub async fn active_scope_in_db(
     .fetch_optional(&state.db)
     .await?;
     Ok(scope)
-}
-
-/// An identity forwarded by the edge, with a valid proof (DESIGN.md §4).
-#[derive(Debug)]
-pub struct EdgeIdentity {
-    pub user_id: Uuid,
-    pub session_id: Uuid,
-    pub scope: String,
-}
-
-impl EdgeIdentity {
-    /// Reads and checks the edge's identity headers; `None` if absent, malformed, or
-    /// the proof does not match this method, path and time.
-    pub fn from_parts(parts: &Parts, state: &AppState) -> Option<Self> {
-        let secret = state.edge_secret()?;
-        let get = |name: &str| parts.headers.get(name)?.to_str().ok();
-        let id = Identity {
-            user_id: get(proof::header::USER_ID)?,
-            session_id: get(proof::header::SESSION_ID)?,
-            scope: get(proof::header::SCOPE)?,
-            client_ip: get(proof::header::CLIENT_IP)?,
-        };
-        let time = get(proof::header::TIME)?.parse().ok()?;
-        let path = parts.uri.path();
-        proof::verify(
-            secret,
-            &id,
-            parts.method.as_str(),
-            path,
-            time,
-            get(proof::header::PROOF)?,
-            shared::unix_now(),
-        )
-        .ok()?;
-        Some(EdgeIdentity {
-            user_id: id.user_id.parse().ok()?,
-            session_id: id.session_id.parse().ok()?,
-            scope: id.scope.into(),
-        })
-    }
 }
 
 /// The body of every successful login and refresh (DESIGN.md §4).

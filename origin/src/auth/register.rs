@@ -6,10 +6,13 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use super::ClientInfo;
+use crate::db;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::Json;
 use crate::password::check_password;
 use crate::state::AppState;
+use crate::throttle::Key;
 
 #[derive(Deserialize)]
 pub struct Credentials {
@@ -28,36 +31,30 @@ pub fn normalize_username(username: &str) -> Option<String> {
     ok.then_some(name)
 }
 
+/// Registers an account. Throttled per client address before anything is hashed,
+/// taken names included: each attempt costs an Argon2 hash, and hashing for sign-ups
+/// only ever uses its share of the slots (`crate::password::Purpose`).
 pub async fn register(
     State(state): State<AppState>,
+    client: ClientInfo,
     Json(body): Json<Credentials>,
 ) -> ApiResult<(StatusCode, axum::Json<Value>)> {
     let username = normalize_username(&body.username).ok_or(ApiError::Unprocessable(
         "username must be 3-64 characters of a-z, 0-9, '.', '_', '@', '-'",
     ))?;
     check_password(&body.password, &username)?;
+    let key = Key::registration_address(client.ip, state.config.registrations_per_address);
+    state.throttle.reserve(std::slice::from_ref(&key)).await?;
     let hash = state.hasher.hash(body.password).await?;
     let user_id = Uuid::new_v4();
-    let inserted =
-        sqlx::query("insert into app_user (id, username, password_hash) values ($1, $2, $3)")
-            .bind(user_id)
-            .bind(&username)
-            .bind(hash)
-            .execute(&state.db)
-            .await;
-    match inserted {
-        Ok(_) => {
-            tracing::info!(%user_id, "user registered");
-            Ok((
-                StatusCode::CREATED,
-                axum::Json(json!({ "user_id": user_id })),
-            ))
-        }
-        Err(sqlx::Error::Database(e)) if e.constraint() == Some("app_user_username_key") => {
-            Err(ApiError::Conflict("username is taken"))
-        }
-        Err(e) => Err(e.into()),
+    if !db::users::create(&state.db, user_id, &username, &hash).await? {
+        return Err(ApiError::Conflict("username is taken"));
     }
+    tracing::info!(%user_id, "user registered");
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(json!({ "user_id": user_id })),
+    ))
 }
 
 #[cfg(test)]

@@ -9,7 +9,8 @@ use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use serde_json::{Value, json};
 
-use super::{EdgeIdentity, active_scope_in_db};
+use super::active_scope_in_db;
+use crate::edge::EdgeIdentity;
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 
@@ -19,7 +20,11 @@ impl FromRequestParts<AppState> for FromEdge {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        EdgeIdentity::from_parts(parts, state)
+        state
+            .proof_keys
+            .as_ref()
+            .and_then(|keys| crate::edge::vouched(parts, &keys.validate, shared::unix_now()))
+            .and_then(|v| v.identity)
             .map(FromEdge)
             .ok_or(ApiError::InvalidClient)
     }

@@ -283,6 +283,9 @@ impl Origin {
             ("AUDIENCE".into(), AUDIENCE.into()),
             ("LOG_FORMAT".into(), "json".into()),
             ("RUST_LOG".into(), "info".into()),
+            // Every test registers its users from 127.0.0.1; the tests of these limits
+            // set them back.
+            ("REGISTRATIONS_PER_ADDRESS".into(), "100000".into()),
         ];
         for (k, v) in extra {
             env.retain(|(name, _)| name != k);
@@ -401,6 +404,54 @@ impl Origin {
 
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
+    }
+
+    /// The headers the edge adds to a request it forwards to the origin from
+    /// `client_ip`: the address, the time and their proof, signed with the origin key
+    /// derived from this origin's `EDGE_SECRET`.
+    pub fn edge_headers(
+        &self,
+        method: &str,
+        path_and_query: &str,
+        client_ip: &str,
+    ) -> Vec<(&'static str, String)> {
+        let keys = shared::proof::ProofKeys::derive(self.env("EDGE_SECRET").unwrap().as_bytes());
+        let time = shared::unix_now();
+        let proof = shared::proof::RequestProof {
+            method,
+            path_and_query,
+            client_ip,
+            identity: None,
+            time,
+        }
+        .sign(&keys.origin);
+        vec![
+            (shared::proof::header::CLIENT_IP, client_ip.to_string()),
+            (shared::proof::header::TIME, time.to_string()),
+            (shared::proof::header::PROOF, proof),
+        ]
+    }
+
+    /// `POST /auth/login` as the edge forwards it for a client at `client_ip`, with
+    /// `cookie` as the `Cookie` header when given.
+    pub async fn login_via_edge(
+        &self,
+        client_ip: &str,
+        username: &str,
+        password: &str,
+        cookie: Option<&str>,
+    ) -> Reply {
+        let mut request = self
+            .http
+            .post(self.url("/auth/login"))
+            .json(&json!({"username": username, "password": password}));
+        for (name, value) in self.edge_headers("POST", "/auth/login", client_ip) {
+            request = request.header(name, value);
+        }
+        if let Some(cookie) = cookie {
+            request = request.header("cookie", cookie);
+        }
+        Reply::from(request.send().await.expect("POST /auth/login")).await
     }
 
     /// A URL on the operations listener.
