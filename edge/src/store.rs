@@ -1,20 +1,28 @@
 //! Reading the session store: what to ask, and what the answer means.
 //!
 //! One round trip per request: the session record, the user's logout-everywhere time
-//! and the store's epoch (`MGET` over Upstash REST; three reads in parallel on KV).
+//! and the freshness marker of the user's partition (`MGET` over Upstash REST, all
+//! three in one Redis Cluster slot; three reads in parallel on KV, whose one marker
+//! says the origin has set the namespace up).
 
 use serde_json::{Value, json};
 use shared::VerifiedClaims;
 use shared::session::{
-    SessionRecord, SessionState, session_key, store_epoch_key, user_not_before_key,
+    SessionRecord, SessionState, freshness_key, is_fresh, kv_freshness_key, session_key,
+    user_not_before_key,
 };
 
-/// The keys read for a token, in order: record, user not-before, epoch.
-pub fn keys(prefix: &str, claims: &VerifiedClaims) -> [String; 3] {
+/// The keys read for a token, in order: record, user not-before, freshness marker (the
+/// partition's in Redis, the namespace's in KV).
+pub fn keys(prefix: &str, claims: &VerifiedClaims, kv: bool) -> [String; 3] {
     [
         session_key(prefix, claims.subject(), claims.session_id()),
         user_not_before_key(prefix, claims.subject()),
-        store_epoch_key(prefix),
+        if kv {
+            kv_freshness_key(prefix)
+        } else {
+            freshness_key(prefix, claims.subject())
+        },
     ]
 }
 
@@ -56,13 +64,14 @@ pub enum Decision {
     Forward(SessionRecord),
     /// 401: the session is not active.
     Reject,
-    /// The store knows nothing trustworthy (no epoch: restarted or flushed; or an
-    /// undecodable value): ask the origin, never assume.
+    /// The store knows nothing trustworthy (no freshness marker: restarted, flushed,
+    /// restored, failed over or being rebuilt; or an undecodable value): ask the
+    /// origin, never assume.
     Unknown,
 }
 
 pub fn decide(claims: &VerifiedClaims, values: &[Option<String>; 3], now: u64) -> Decision {
-    if values[2].is_none() {
+    if !is_fresh(values[2].as_deref().map(str::as_bytes)) {
         return Decision::Unknown;
     }
     let bytes = |i: usize| values[i].as_deref().map(str::as_bytes);
@@ -108,6 +117,7 @@ mod tests {
 
     fn record() -> SessionRecord {
         SessionRecord {
+            ver: 1,
             sub: "u1".into(),
             scope: "profile".into(),
             auth_time_ms: 900_000,
@@ -116,13 +126,21 @@ mod tests {
     }
 
     #[test]
-    fn the_read_names_record_not_before_and_epoch_in_one_slot() {
-        let keys = keys("auth:", &claims());
-        assert_eq!(keys, ["auth:sess:{u1}:s1", "auth:nbf:{u1}", "auth:epoch"]);
+    fn the_read_names_record_not_before_and_marker_in_one_slot() {
+        let read = keys("auth:", &claims(), false);
         assert_eq!(
-            mget_body(&keys),
-            r#"["MGET","auth:sess:{u1}:s1","auth:nbf:{u1}","auth:epoch"]"#
+            read,
+            [
+                "auth:sess:{p1011}:u1:s1",
+                "auth:nbf:{p1011}:u1",
+                "auth:fresh:{p1011}"
+            ]
         );
+        assert_eq!(
+            mget_body(&read),
+            r#"["MGET","auth:sess:{p1011}:u1:s1","auth:nbf:{p1011}:u1","auth:fresh:{p1011}"]"#
+        );
+        assert_eq!(keys("auth:", &claims(), true)[2], "auth:fresh:kv");
     }
 
     #[test]
@@ -154,7 +172,7 @@ mod tests {
     }
 
     #[test]
-    fn a_record_with_an_epoch_forwards_and_its_absence_rejects() {
+    fn a_record_with_a_fresh_marker_forwards_and_its_absence_or_tombstone_rejects() {
         let epoch = Some("1".to_string());
         assert_eq!(
             decide(
@@ -166,6 +184,14 @@ mod tests {
         );
         assert_eq!(
             decide(&claims(), &[None, None, epoch.clone()], 1100),
+            Decision::Reject
+        );
+        assert_eq!(
+            decide(
+                &claims(),
+                &[Some(SessionRecord::tombstone(2, "u1")), None, epoch.clone()],
+                1100
+            ),
             Decision::Reject
         );
         let logged_out_everywhere = Some((record().auth_time_ms + 1).to_string());
@@ -180,7 +206,7 @@ mod tests {
     }
 
     #[test]
-    fn without_an_epoch_or_with_garbage_the_session_is_unknown_never_active() {
+    fn without_a_fresh_marker_or_with_garbage_the_session_is_unknown_never_active() {
         assert_eq!(
             decide(&claims(), &[Some(record().encode()), None, None], 1100),
             Decision::Unknown
@@ -188,6 +214,15 @@ mod tests {
         assert_eq!(
             decide(&claims(), &[None, None, None], 1100),
             Decision::Unknown
+        );
+        assert_eq!(
+            decide(
+                &claims(),
+                &[Some(record().encode()), None, Some("~rebuilding".into())],
+                1100
+            ),
+            Decision::Unknown,
+            "a partition being rebuilt proves nothing"
         );
         assert_eq!(
             decide(

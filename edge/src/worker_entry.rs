@@ -123,16 +123,17 @@ async fn kv_sync(mut req: Request, env: &Env, config: &Config) -> Result<Respons
     };
     let kv = env.kv("SESSIONS")?;
     for op in ops {
-        match op {
-            crate::sync::Op::Put { key, value, ttl } => {
-                let mut put = kv.put(&key, value)?;
-                if let Some(ttl) = ttl {
-                    put = put.expiration_ttl(ttl);
-                }
-                put.execute().await?;
-            }
-            crate::sync::Op::Delete { key } => kv.delete(&key).await?,
+        // The rules of crate::sync::decide: newer versions and later not-befores only.
+        let current = kv.get(op.key()).text().await?;
+        let Some(write) = crate::sync::decide(&op, current.as_deref(), Date::now().as_millis())
+        else {
+            continue;
+        };
+        let mut put = kv.put(op.key(), write.value)?;
+        if let Some(expiration) = write.expiration {
+            put = put.expiration(expiration);
         }
+        put.execute().await?;
     }
     Ok(Response::empty()?.with_status(204))
 }
@@ -437,7 +438,7 @@ impl SessionStore for KvStore {
 
 /// Reads the session within the time budget and decides.
 async fn session(env: &Env, config: &Config, claims: &VerifiedClaims) -> Decision {
-    let keys = store::keys(&config.key_prefix, claims);
+    let keys = store::keys(&config.key_prefix, claims, config.store == StoreKind::Kv);
     let values = match &config.store {
         StoreKind::Upstash { url, token } => {
             // The budget is the read's own abort signal: no second timer.

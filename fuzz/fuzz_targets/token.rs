@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use shared::{KeySet, SigningKey, Validator, session::SessionRecord};
+use shared::{KeySet, SigningKey, Validator, session::Stored};
 
 fuzz_target!(|data: &[u8]| {
     let keys = KeySet::new(vec![SigningKey::from_seed([42; 32]).verifying_key()]).unwrap();
@@ -12,5 +12,5 @@ fuzz_target!(|data: &[u8]| {
     // Finding a valid signature by mutation would mean Ed25519 is broken.
     assert!(verdict.is_err());
     let _ = KeySet::from_jwks(data);
-    let _ = SessionRecord::decode(data);
+    let _ = Stored::decode(data);
 });

@@ -63,6 +63,19 @@ pub struct Config {
     #[arg(long, env = "REFRESH_GRACE_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=300))]
     pub refresh_grace_secs: u64,
 
+    /// How long a rotated refresh token is kept, seconds. Within it, presenting the
+    /// token again revokes the session (reuse detection); after it, the token is
+    /// deleted and answers 401 like any unknown one. Each refresh adds a row, so this
+    /// bounds a session's rows: 7 days of 15-minute refreshes is 672 (`scripts/bench`
+    /// prints the bytes). Default 7 days, the idle timeout's default: an owner whose
+    /// token a thief rotated is detected when they come back within a week.
+    #[arg(long, env = "REUSE_DETECTION_SECS", default_value_t = 7 * 86_400, value_parser = clap::value_parser!(u64).range(3600..))]
+    pub reuse_detection_secs: u64,
+
+    /// How long security events are kept, days.
+    #[arg(long, env = "SECURITY_EVENT_RETENTION_DAYS", default_value_t = 90, value_parser = clap::value_parser!(u64).range(1..))]
+    pub security_event_retention_days: u64,
+
     /// Extra seconds a session record outlives the access token in Redis. Default 60.
     #[arg(long, env = "SESSION_RECORD_BUFFER_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(0..=600))]
     pub session_record_buffer_secs: u64,

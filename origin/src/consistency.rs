@@ -8,27 +8,31 @@
 //! The rules, for each session row and each key under the prefix:
 //! - an active session (not revoked, within its absolute and idle lifetimes, not ended
 //!   by logout-everywhere) whose latest access token plus the record buffer has not run
-//!   out has a record, with the row's user, scope, authentication time and end, and a
-//!   TTL no longer than that remaining time;
-//! - a revoked session, or one ended by logout-everywhere, has no record, or one the
-//!   user's not-before refuses for as long as it lives; an expired one has none or one
-//!   whose own `exp` has passed (the edge refuses those already);
+//!   out has a record at the row's version, with the row's user, scope, authentication
+//!   time and end, and a TTL no longer than that remaining time;
+//! - a revoked session, or one ended by logout-everywhere, has a tombstone or nothing,
+//!   or a record the user's not-before refuses for as long as it lives; an expired one
+//!   has none or one whose own `exp` has passed (the edge refuses those already);
 //! - a record whose session Postgres does not know (under that user) is an error;
 //! - a user whose logout-everywhere is recent enough that tokens from before it may
 //!   live has a not-before key holding exactly its time; no other user has one;
-//! - the epoch key exists (without it the store is being rebuilt and proves nothing).
+//! - every partition's freshness marker vouches for the server holding it (without
+//!   it that partition is being rebuilt and proves nothing);
+//! - no store write has waited in the outbox longer than [`SLACK_SECS`].
 //!
 //! Times within [`SLACK_SECS`] of a boundary are not judged either way: a record may
-//! expire, or a key be written, while the check runs. No repair is offered:
-//! republishing from a snapshot races with revocations made meanwhile; deleting the
-//! epoch key makes every origin rebuild the records from Postgres, and a restarted
-//! origin removes the records of recently revoked sessions (see `tasks`).
+//! expire, or a key be written, while the check runs. No repair is offered: removing a
+//! partition's marker (`<prefix>fresh:{p0042}`), or all of them, makes the origins
+//! rebuild it from Postgres within a second, with versioned writes that cannot undo a
+//! revocation made meanwhile.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 
 use chrono::{DateTime, Utc};
-use shared::session::{SessionRecord, session_key, store_epoch_key, user_not_before_key};
+use shared::session::{
+    PARTITIONS, Stored, partition_freshness_key, session_key, user_not_before_key,
+};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -68,6 +72,12 @@ pub enum Problem {
     UndecodableRecord { key: String },
     /// A record whose content differs from the row.
     RecordMismatch { session: Uuid, field: &'static str },
+    /// A record older than the row: a write that never arrived.
+    StaleRecord {
+        session: Uuid,
+        stored: u64,
+        postgres: i64,
+    },
     /// A record without an expiry, or living longer than its access token can.
     RecordTtl {
         session: Uuid,
@@ -84,8 +94,11 @@ pub enum Problem {
     },
     /// A not-before key for a user with no recent logout-everywhere.
     StrayNotBefore { key: String },
-    /// No epoch key: the store restarted or was flushed and is not rebuilt yet.
-    NoEpoch,
+    /// Partitions whose freshness marker does not vouch for their server: restarted,
+    /// flushed, restored, failed over, or not rebuilt yet.
+    StalePartitions { count: usize },
+    /// Store writes waiting in the outbox for longer than [`SLACK_SECS`].
+    PendingOutbox { rows: i64 },
 }
 
 impl fmt::Display for Problem {
@@ -138,10 +151,21 @@ impl fmt::Display for Problem {
             Problem::StrayNotBefore { key } => {
                 write!(f, "{key}: not-before without a recent logout-everywhere")
             }
-            Problem::NoEpoch => write!(
+            Problem::StaleRecord {
+                session,
+                stored,
+                postgres,
+            } => write!(
                 f,
-                "no epoch key: Redis restarted or was flushed and is not rebuilt yet"
+                "session {session}: record at version {stored} in Redis, {postgres} in Postgres"
             ),
+            Problem::StalePartitions { count } => write!(
+                f,
+                "{count} of {PARTITIONS} partitions have no freshness marker for their server (restarted, flushed, restored or failed over, not rebuilt yet)"
+            ),
+            Problem::PendingOutbox { rows } => {
+                write!(f, "{rows} store writes waiting in the outbox")
+            }
         }
     }
 }
@@ -190,6 +214,7 @@ struct Row {
     expires_at: DateTime<Utc>,
     access_expires_at: DateTime<Utc>,
     revoked_at: Option<DateTime<Utc>>,
+    version: i64,
     sessions_not_before: Option<DateTime<Utc>>,
 }
 
@@ -259,7 +284,7 @@ pub async fn check(
     // Postgres's clock for every time decision: the rows were written with it.
     let rows: Vec<Row> = sqlx::query_as(
         "select s.id, s.user_id, s.scope, s.created_at, s.last_used_at, s.expires_at, \
-                s.access_expires_at, s.revoked_at, u.sessions_not_before \
+                s.access_expires_at, s.revoked_at, s.version, u.sessions_not_before \
          from session s join app_user u on u.id = s.user_id",
     )
     .fetch_all(db)
@@ -276,11 +301,24 @@ pub async fn check(
     let not_befores = scan(redis, &format!("{}nbf:*", glob_escape(prefix)))
         .await
         .map_err(|e| format!("reading not-befores from Redis: {e}"))?;
-    let epoch: bool = redis::cmd("EXISTS")
-        .arg(store_epoch_key(prefix))
+    let mut pipe = redis::pipe();
+    for partition in 0..PARTITIONS {
+        pipe.cmd("EVAL")
+            .arg(crate::store::FRESHNESS_READ)
+            .arg(1)
+            .arg(partition_freshness_key(prefix, partition));
+    }
+    let markers: Vec<(String, String)> = pipe
         .query_async(redis)
         .await
-        .map_err(|e| format!("reading the epoch key from Redis: {e}"))?;
+        .map_err(|e| format!("reading the freshness markers from Redis: {e}"))?;
+    let stale = markers
+        .iter()
+        .filter(|(run_id, marker)| run_id.is_empty() || marker != run_id)
+        .count();
+    let pending = crate::db::outbox::pending(db, SLACK_SECS as u64)
+        .await
+        .map_err(|e| format!("reading the outbox from Postgres: {e}"))?;
 
     let mut report = Report {
         sessions: rows.len(),
@@ -288,8 +326,15 @@ pub async fn check(
         not_befores: not_befores.len(),
         ..Report::default()
     };
-    if !epoch {
-        report.problems.push(Problem::NoEpoch);
+    if stale > 0 {
+        report
+            .problems
+            .push(Problem::StalePartitions { count: stale });
+    }
+    if pending > 0 {
+        report
+            .problems
+            .push(Problem::PendingOutbox { rows: pending });
     }
     let mut by_key: HashMap<String, (Option<Vec<u8>>, i64)> = records
         .into_iter()
@@ -321,7 +366,14 @@ pub async fn check(
         if !revoked && !past_end {
             report.active_sessions += 1;
         }
-        let Some((value, ttl)) = found else {
+        let stored = found
+            .as_ref()
+            .and_then(|(value, _)| value.as_deref())
+            .map(Stored::decode);
+        let Some((value, ttl)) =
+            found.filter(|_| !matches!(stored, Some(Ok(Stored::Revoked { .. }))))
+        else {
+            // Nothing, or a tombstone: right for a revoked session, wrong for an active one.
             if !revoked && !past_end && record_left > SLACK_SECS {
                 report
                     .problems
@@ -329,12 +381,15 @@ pub async fn check(
             }
             continue;
         };
+        let decoded = match stored {
+            Some(Ok(Stored::Active(record))) => Some(record),
+            _ => None,
+        };
         if revoked {
             // A login or refresh racing logout-everywhere may publish after it; the
             // user's not-before refuses that record at the edge for as long as it lives.
-            let refused_by_not_before = value
-                .as_deref()
-                .and_then(|v| SessionRecord::decode(v).ok())
+            let refused_by_not_before = decoded
+                .clone()
                 .zip(not_before_of(&row.user_id))
                 .is_some_and(|(record, (nbf_ms, nbf_ttl))| {
                     record.auth_time_ms <= nbf_ms && (nbf_ttl == -1 || nbf_ttl >= ttl)
@@ -346,10 +401,18 @@ pub async fn check(
             }
             continue;
         }
-        let Some(record) = value.as_deref().and_then(|v| SessionRecord::decode(v).ok()) else {
+        let _ = value;
+        let Some(record) = decoded else {
             report.problems.push(Problem::UndecodableRecord { key });
             continue;
         };
+        if (record.ver as i64) < row.version {
+            report.problems.push(Problem::StaleRecord {
+                session: row.id,
+                stored: record.ver,
+                postgres: row.version,
+            });
+        }
         if past_end {
             // The record's own end makes the edge refuse it; a live one that does not is wrong.
             if (record.exp as i64) > now.timestamp() + SLACK_SECS && row.expires_at + slack < now {
@@ -384,7 +447,17 @@ pub async fn check(
             });
         }
     }
-    let mut unknown: Vec<String> = by_key.into_keys().collect();
+    // Tombstones of sessions the cleanup has deleted are harmless: only records count.
+    let mut unknown: Vec<String> = by_key
+        .into_iter()
+        .filter(|(_, (value, _))| {
+            !matches!(
+                value.as_deref().map(Stored::decode),
+                Some(Ok(Stored::Revoked { .. }))
+            )
+        })
+        .map(|(key, _)| key)
+        .collect();
     unknown.sort();
     for key in unknown {
         report

@@ -15,6 +15,7 @@ pub mod health;
 pub mod keys;
 pub mod metrics;
 pub mod password;
+pub mod publish;
 pub mod random;
 pub mod state;
 pub mod store;
@@ -57,6 +58,7 @@ pub fn app(state: AppState) -> Router {
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::from_fn(refuse_oversized))
         .layer(axum::middleware::from_fn(no_store))
         .layer(
             // The span carries the request id, method and path, never the query string
@@ -88,6 +90,25 @@ async fn no_store(
             .or_insert(axum::http::HeaderValue::from_static("no-store"));
     }
     response
+}
+
+/// Answers 413 to a request whose `Content-Length` is over [`BODY_LIMIT`] before any
+/// handler runs, after reading and discarding what it sent (up to 4 MiB): a client
+/// still sending when the server answers and closes gets a broken pipe, not the 413.
+async fn refuse_oversized(
+    request: Request<axum::body::Body>,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > BODY_LIMIT as u64) {
+        let _ = axum::body::to_bytes(request.into_body(), 4 << 20).await;
+        return ApiError::TooLarge.into_response();
+    }
+    next.run(request).await
 }
 
 /// The operations listener (`OPS_LISTEN_ADDR`): readiness and metrics, which say what

@@ -104,7 +104,10 @@ async fn run(config: Config) -> Result<(), String> {
             leeway: config.token_leeway_secs,
             ..Default::default()
         });
+    let (outbox_done, done_rows) = origin::publish::Done::channel();
+    tokio::spawn(origin::publish::run_deleter(db.clone(), done_rows));
     let state = AppState {
+        outbox_done,
         db,
         throttle: Arc::new(Throttle::new(store.clone())),
         store,

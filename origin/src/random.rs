@@ -7,3 +7,8 @@ pub fn bytes<const N: usize>() -> [u8; N] {
     getrandom::fill(&mut buf).expect("the operating system's random generator failed");
     buf
 }
+
+/// `N` random bytes as lowercase hex: an id that only has to be unique.
+pub fn hex<const N: usize>() -> String {
+    bytes::<N>().iter().map(|b| format!("{b:02x}")).collect()
+}

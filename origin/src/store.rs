@@ -1,5 +1,11 @@
-//! The Redis side: session records the edge reads (DESIGN.md §3), the user
-//! "not before" of logout-everywhere, and flush detection.
+//! The Redis side: session records and tombstones the edge reads (DESIGN.md §3), the
+//! user "not before" of logout-everywhere, the partitions' freshness markers, and the
+//! KV mirror for edges that read Workers KV.
+//!
+//! Every write is conditional on the server: a record or tombstone lands only when its
+//! version (from Postgres) is newer than the stored one, a not-before only when later,
+//! so writes may be retried, delayed, duplicated or reordered between origins and the
+//! newest state still wins. Each script touches one key, or keys of one hash tag.
 //!
 //! Every call has a short time budget and reports failure instead of waiting:
 //! callers decide what an unavailable store means (never "session active").
@@ -9,7 +15,8 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use shared::VerifiedClaims;
 use shared::session::{
-    SessionRecord, SessionState, session_key, store_epoch_key, user_not_before_key,
+    PARTITIONS, SessionState, freshness_key, kv_freshness_key, partition_freshness_key,
+    session_key, user_not_before_key,
 };
 use tokio::sync::OnceCell;
 
@@ -23,8 +30,102 @@ const TIMEOUT: Duration = Duration::from_millis(500);
 /// publish) before its fallbacks answer. Background tasks probe again after it.
 const BREAK_FOR: Duration = Duration::from_secs(1);
 
+/// Writes a record or tombstone (KEYS[1]) only if its version (ARGV[1]) is newer than
+/// the stored one, expiring at ARGV[3] (Unix ms). A value that does not decode (an
+/// older format) is replaced; a write whose expiry has passed is dropped (it would
+/// only bring back what has ended). Returns 1 when written.
+const PUT_IF_NEWER: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local at = tonumber(ARGV[3])
+if at <= now then return 0 end
+local current = redis.call('GET', KEYS[1])
+if current then
+  local ok, stored = pcall(cjson.decode, current)
+  if ok and type(stored) == 'table' and tonumber(stored['ver']) and tonumber(stored['ver']) >= tonumber(ARGV[1]) then
+    return 0
+  end
+end
+redis.call('SET', KEYS[1], ARGV[2], 'PXAT', at)
+return 1
+"#;
+
+/// Writes a user's not-before (KEYS[1]) only if later than the stored one.
+const MAX_NOT_BEFORE: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local at = tonumber(ARGV[2])
+if at <= now then return 0 end
+local current = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
+if current >= tonumber(ARGV[1]) then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PXAT', at)
+return 1
+"#;
+
+/// The run id of the server holding KEYS[1] (a freshness marker) and the marker's
+/// value. Every start of a Redis server, and every failover to another, changes the
+/// run id: a marker written under another one cannot vouch for what this server holds.
+pub(crate) const FRESHNESS_READ: &str = r#"
+local run_id = string.match(redis.call('INFO', 'server'), 'run_id:(%w+)')
+return {run_id, redis.call('GET', KEYS[1]) or ''}
+"#;
+
+/// Starts a rebuild of a partition: unless its marker KEYS[1] vouches for this server
+/// already (another origin rebuilt it meanwhile), replaces it by a placeholder naming
+/// this rebuild (`~` and ARGV[1]), which no reader takes for fresh. Returns 1 when a
+/// rebuild is due.
+const FRESHNESS_BEGIN: &str = r#"
+local run_id = string.match(redis.call('INFO', 'server'), 'run_id:(%w+)')
+if redis.call('GET', KEYS[1]) == run_id then return 0 end
+redis.call('SET', KEYS[1], '~' .. ARGV[1])
+return 1
+"#;
+
+/// Ends a rebuild: sets the marker KEYS[1] to the server's run id if that is still
+/// ARGV[1] and the placeholder of this rebuild (ARGV[2]) is still there. A server
+/// that restarted or failed over, or a flush, during the rebuild leaves the partition
+/// stale, to be rebuilt at the next look.
+const FRESHNESS_END: &str = r#"
+local run_id = string.match(redis.call('INFO', 'server'), 'run_id:(%w+)')
+if run_id ~= ARGV[1] then return 0 end
+if redis.call('GET', KEYS[1]) ~= '~' .. ARGV[2] then return 0 end
+redis.call('SET', KEYS[1], run_id)
+return 1
+"#;
+
 #[derive(Debug)]
 pub struct StoreError;
+
+/// One conditional write of a session's key: its record or its tombstone.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Publication {
+    pub sub: String,
+    pub sid: String,
+    /// The session's version in Postgres.
+    pub ver: u64,
+    /// [`shared::session::SessionRecord::encode`] or `tombstone`.
+    pub value: String,
+    /// When the key may go, Unix milliseconds.
+    pub expire_at_ms: u64,
+}
+
+/// A user's logout-everywhere time, and when it may go (Unix milliseconds both).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NotBefore {
+    pub sub: String,
+    pub at_ms: u64,
+    pub expire_at_ms: u64,
+}
+
+/// The state of one partition's freshness marker on the server that holds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Freshness {
+    pub partition: u16,
+    /// The run id of the server holding the partition.
+    pub run_id: String,
+    /// Whether the marker vouches for that server.
+    pub fresh: bool,
+}
 
 #[derive(Clone)]
 pub struct Store {
@@ -33,17 +134,27 @@ pub struct Store {
     /// Until when calls fail at once (the breaker, see [`BREAK_FOR`]).
     broken_until: std::sync::Arc<std::sync::Mutex<Option<std::time::Instant>>>,
     prefix: String,
+    scripts: std::sync::Arc<Scripts>,
     kv: Option<KvSync>,
 }
 
+struct Scripts {
+    put_if_newer: redis::Script,
+    max_not_before: redis::Script,
+    freshness_begin: redis::Script,
+    freshness_end: redis::Script,
+}
+
 /// Mirrors every change into the edge's Workers KV (`POST /__edge/kv`), for edges
-/// configured with `SESSION_STORE = "kv"`. Redis stays the origin's own store.
+/// configured with `SESSION_STORE = "kv"`. Redis stays the origin's own store. The
+/// edge applies the same rules as the scripts above (newer versions, later
+/// not-befores only), so a push may be retried or replayed.
 #[derive(Clone)]
 pub struct KvSync {
     url: String,
     key: [u8; 32],
     http: reqwest::Client,
-    epoch_pushed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    marker_pushed: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl KvSync {
@@ -52,11 +163,12 @@ impl KvSync {
             url,
             key,
             http: reqwest::Client::new(),
-            epoch_pushed: Default::default(),
+            marker_pushed: Default::default(),
         }
     }
 
-    async fn push_once(&self, ops: &serde_json::Value) -> bool {
+    /// One signed batch; true when the edge applied it.
+    async fn push(&self, ops: serde_json::Value) -> bool {
         let body = serde_json::json!({ "ops": ops }).to_string();
         let now = shared::unix_now();
         let proof = shared::proof::sign_message(&self.key, "kv-sync", now, body.as_bytes());
@@ -72,26 +184,6 @@ impl KvSync {
             .await;
         matches!(sent, Ok(r) if r.status().is_success())
     }
-
-    /// Pushes now; on failure keeps retrying every second for two minutes in the
-    /// background, so a revocation still reaches KV after a short edge outage.
-    async fn push(&self, ops: serde_json::Value) {
-        if self.push_once(&ops).await {
-            return;
-        }
-        let this = self.clone();
-        tokio::spawn(async move {
-            for _ in 0..120 {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                if this.push_once(&ops).await {
-                    return;
-                }
-            }
-            tracing::error!(
-                "kv sync failed for 2 minutes; the edge's KV may hold stale sessions until their TTL"
-            );
-        });
-    }
 }
 
 impl Store {
@@ -105,6 +197,12 @@ impl Store {
             conn: Default::default(),
             broken_until: Default::default(),
             prefix,
+            scripts: std::sync::Arc::new(Scripts {
+                put_if_newer: redis::Script::new(PUT_IF_NEWER),
+                max_not_before: redis::Script::new(MAX_NOT_BEFORE),
+                freshness_begin: redis::Script::new(FRESHNESS_BEGIN),
+                freshness_end: redis::Script::new(FRESHNESS_END),
+            }),
             kv,
         })
     }
@@ -178,15 +276,6 @@ impl Store {
             .await
     }
 
-    pub async fn run_pipe<T: redis::FromRedisValue>(
-        &self,
-        what: &'static str,
-        pipe: &redis::Pipeline,
-    ) -> Result<T, StoreError> {
-        self.budgeted(what, async |conn| pipe.query_async(conn).await)
-            .await
-    }
-
     pub async fn run_script<T: redis::FromRedisValue>(
         &self,
         what: &'static str,
@@ -202,83 +291,66 @@ impl Store {
             .map(drop)
     }
 
-    /// Publishes (or renews) a session's record, living `ttl_secs`.
-    pub async fn publish(
-        &self,
-        sid: &str,
-        record: &SessionRecord,
-        ttl_secs: u64,
-    ) -> Result<(), StoreError> {
-        let key = session_key(&self.prefix, &record.sub, sid);
-        if let Some(kv) = &self.kv {
-            let op = serde_json::json!({ "op": "put", "key": key, "value": record.encode(), "ttl": ttl_secs });
-            kv.push(serde_json::json!([op])).await;
-        }
-        let mut cmd = redis::cmd("SET");
-        cmd.arg(key)
-            .arg(record.encode())
-            .arg("EX")
-            .arg(ttl_secs.max(1));
-        self.run::<()>("publish session", &cmd).await
-    }
-
-    /// Removes session records: the edge refuses their tokens from the next request on.
-    pub async fn remove(&self, sub: &str, sids: &[String]) -> Result<(), StoreError> {
-        if sids.is_empty() {
+    /// Writes session records and tombstones, each only if newer than what is stored
+    /// (Redis and, when configured, the edge's KV). Ok when every write reached the
+    /// store, whether or not it was newer.
+    pub async fn publish(&self, publications: &[Publication]) -> Result<(), StoreError> {
+        if publications.is_empty() {
             return Ok(());
         }
-        let keys: Vec<String> = sids
-            .iter()
-            .map(|sid| session_key(&self.prefix, sub, sid))
-            .collect();
         if let Some(kv) = &self.kv {
-            kv.push(
-                keys.iter()
-                    .map(|key| serde_json::json!({ "op": "delete", "key": key }))
-                    .collect(),
-            )
-            .await;
+            let ops = publications
+                .iter()
+                .map(|p| {
+                    serde_json::json!({
+                        "op": "put", "key": session_key(&self.prefix, &p.sub, &p.sid),
+                        "value": p.value, "ver": p.ver, "expire_at_ms": p.expire_at_ms,
+                    })
+                })
+                .collect();
+            if !kv.push(ops).await {
+                return Err(StoreError);
+            }
         }
-        let mut cmd = redis::cmd("DEL");
-        cmd.arg(&keys);
-        self.run::<()>("remove sessions", &cmd).await
+        for p in publications {
+            let mut invocation = self.scripts.put_if_newer.prepare_invoke();
+            invocation
+                .key(session_key(&self.prefix, &p.sub, &p.sid))
+                .arg(p.ver)
+                .arg(&p.value)
+                .arg(p.expire_at_ms);
+            self.run_script::<i64>("publish session", invocation)
+                .await?;
+        }
+        Ok(())
     }
 
-    /// Logout-everywhere at the edge: the user's "not before" (kept as long as any token
-    /// from before it could live) and the removal of the known records, atomically.
-    pub async fn logout_all(
-        &self,
-        sub: &str,
-        sids: &[String],
-        not_before_ms: u64,
-        ttl_secs: u64,
-    ) -> Result<(), StoreError> {
+    /// Writes a user's logout-everywhere time, only if later than the stored one.
+    pub async fn publish_not_before(&self, not_before: &NotBefore) -> Result<(), StoreError> {
+        let key = user_not_before_key(&self.prefix, &not_before.sub);
         if let Some(kv) = &self.kv {
-            let nbf = user_not_before_key(&self.prefix, sub);
-            let mut ops = vec![
-                serde_json::json!({ "op": "put", "key": nbf, "value": not_before_ms.to_string(), "ttl": ttl_secs }),
-            ];
-            ops.extend(sids.iter().map(|sid| serde_json::json!({ "op": "delete", "key": session_key(&self.prefix, sub, sid) })));
-            kv.push(serde_json::Value::Array(ops)).await;
+            let op = serde_json::json!({
+                "op": "max", "key": key, "value": not_before.at_ms.to_string(),
+                "expire_at_ms": not_before.expire_at_ms,
+            });
+            if !kv.push(serde_json::json!([op])).await {
+                return Err(StoreError);
+            }
         }
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        pipe.cmd("SET")
-            .arg(user_not_before_key(&self.prefix, sub))
-            .arg(not_before_ms)
-            .arg("EX")
-            .arg(ttl_secs)
-            .ignore();
-        for sid in sids {
-            pipe.cmd("DEL")
-                .arg(session_key(&self.prefix, sub, sid))
-                .ignore();
-        }
-        self.run_pipe::<()>("logout all", &pipe).await
+        let mut invocation = self.scripts.max_not_before.prepare_invoke();
+        invocation
+            .key(key)
+            .arg(not_before.at_ms)
+            .arg(not_before.expire_at_ms);
+        self.run_script::<i64>("publish not-before", invocation)
+            .await
+            .map(drop)
     }
 
-    /// What the store says about a verified token's session, in one round trip. A
-    /// store that lost its data (no epoch key) knows nothing: that is an error too.
+    /// What the store says about a verified token's session, in one round trip of
+    /// one slot: record, user not-before and the partition's freshness marker. A
+    /// partition without its marker (restarted, flushed, restored, failed over, being
+    /// rebuilt) knows nothing: that is an error too.
     pub async fn session_state(&self, claims: &VerifiedClaims) -> Result<SessionState, StoreError> {
         let mut cmd = redis::cmd("MGET");
         cmd.arg(session_key(
@@ -287,11 +359,11 @@ impl Store {
             claims.session_id(),
         ))
         .arg(user_not_before_key(&self.prefix, claims.subject()))
-        .arg(store_epoch_key(&self.prefix));
+        .arg(freshness_key(&self.prefix, claims.subject()));
         type Value = Option<Vec<u8>>;
-        let (record, not_before, epoch): (Value, Value, Value) =
+        let (record, not_before, fresh): (Value, Value, Value) =
             self.run("read session", &cmd).await?;
-        if epoch.is_none() {
+        if !shared::session::is_fresh(fresh.as_deref()) {
             return Err(StoreError);
         }
         shared::session::session_state(
@@ -306,31 +378,73 @@ impl Store {
         })
     }
 
-    pub async fn has_epoch(&self) -> Result<bool, StoreError> {
-        let mut cmd = redis::cmd("EXISTS");
-        cmd.arg(store_epoch_key(&self.prefix));
-        self.run::<bool>("epoch check", &cmd).await
+    /// Reads every partition's marker against the run id of the server holding it,
+    /// in one pipeline.
+    pub async fn freshness(&self) -> Result<Vec<Freshness>, StoreError> {
+        // EVAL with the source, not EVALSHA: nothing to load first, on every node.
+        let mut pipe = redis::pipe();
+        for partition in 0..PARTITIONS {
+            pipe.cmd("EVAL")
+                .arg(FRESHNESS_READ)
+                .arg(1)
+                .arg(partition_freshness_key(&self.prefix, partition));
+        }
+        let answers: Vec<(String, String)> = self
+            .budgeted("freshness read", async |conn| pipe.query_async(conn).await)
+            .await?;
+        Ok(answers
+            .into_iter()
+            .zip(0..PARTITIONS)
+            .map(|((run_id, marker), partition)| Freshness {
+                partition,
+                fresh: !run_id.is_empty() && marker == run_id,
+                run_id,
+            })
+            .collect())
     }
 
-    /// Makes sure KV has the epoch key (once it has, KV's own records are
-    /// authoritative for the edge). Retried by the watcher until it succeeds.
-    pub async fn ensure_kv_epoch(&self) {
+    /// Starts rebuilding a partition (see [`FRESHNESS_BEGIN`]): from now on the edge
+    /// falls back to the origin for it. False when it is fresh already.
+    pub async fn begin_rebuild(&self, partition: u16, rebuild: &str) -> Result<bool, StoreError> {
+        let mut invocation = self.scripts.freshness_begin.prepare_invoke();
+        invocation
+            .key(partition_freshness_key(&self.prefix, partition))
+            .arg(rebuild);
+        self.run_script::<i64>("freshness begin", invocation)
+            .await
+            .map(|begun| begun == 1)
+    }
+
+    /// Marks a rebuilt partition fresh (see [`FRESHNESS_END`]); false when the rebuild
+    /// no longer vouches for it.
+    pub async fn end_rebuild(
+        &self,
+        partition: u16,
+        run_id: &str,
+        rebuild: &str,
+    ) -> Result<bool, StoreError> {
+        let mut invocation = self.scripts.freshness_end.prepare_invoke();
+        invocation
+            .key(partition_freshness_key(&self.prefix, partition))
+            .arg(run_id)
+            .arg(rebuild);
+        self.run_script::<i64>("freshness end", invocation)
+            .await
+            .map(|set| set == 1)
+    }
+
+    /// Makes sure the edge's KV has its freshness marker (once it has, KV's own records
+    /// are authoritative for the edge). Retried by the watcher until it succeeds.
+    pub async fn ensure_kv_marker(&self) {
         let Some(kv) = &self.kv else { return };
-        if kv.epoch_pushed.load(std::sync::atomic::Ordering::Relaxed) {
+        if kv.marker_pushed.load(std::sync::atomic::Ordering::Relaxed) {
             return;
         }
-        let op = serde_json::json!([{ "op": "put", "key": store_epoch_key(&self.prefix), "value": shared::unix_now().to_string() }]);
-        if kv.push_once(&op).await {
-            kv.epoch_pushed
+        let op = serde_json::json!([{ "op": "marker", "key": kv_freshness_key(&self.prefix) }]);
+        if kv.push(op).await {
+            kv.marker_pushed
                 .store(true, std::sync::atomic::Ordering::Relaxed);
-            tracing::info!("kv sync: epoch set in the edge's KV");
+            tracing::info!("kv sync: freshness marker set in the edge's KV");
         }
-    }
-
-    pub async fn set_epoch(&self) -> Result<(), StoreError> {
-        let mut cmd = redis::cmd("SET");
-        cmd.arg(store_epoch_key(&self.prefix))
-            .arg(shared::unix_now());
-        self.run::<()>("epoch set", &cmd).await
     }
 }

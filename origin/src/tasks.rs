@@ -1,187 +1,229 @@
-//! Background work: cleanup of ended sessions, and rebuilding Redis from Postgres
-//! when Redis has lost its data.
+//! Background work of every origin: finishing outbox rows, keeping the store's
+//! partitions fresh (rebuilding any that lost or may have lost data), and cleanup.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
-use shared::session::SessionRecord;
-use uuid::Uuid;
+use shared::session::partition;
+use sqlx::PgPool;
 
+use crate::db;
+use crate::publish::{self, Lifetimes};
 use crate::state::AppState;
+use crate::store::Store;
 
-/// How often the flush watcher looks for the epoch key.
-const WATCH_EVERY: Duration = Duration::from_secs(2);
+/// How often the store's freshness is checked and the outbox swept.
+const WATCH_EVERY: Duration = Duration::from_secs(1);
 const CLEANUP_EVERY: Duration = Duration::from_secs(600);
+/// Rows deleted per statement by the cleanup: short transactions, no long locks.
+const CLEANUP_BATCH: i64 = 1000;
 
-/// Deletes sessions (and, by cascade, their refresh tokens) a day after they ended:
-/// until then a replayed token is still recognised as a reuse. Also forgets sealed
-/// successors once their grace window is over.
-pub async fn cleanup(state: &AppState) -> Result<(), sqlx::Error> {
-    let deleted = sqlx::query(
-        "delete from session where expires_at < now() - interval '1 day' or revoked_at < now() - interval '1 day' \
-           or last_used_at < now() - make_interval(secs => $1) - interval '1 day'",
-    )
-    .bind(state.config.session_idle_ttl_secs as f64)
-    .execute(&state.db)
-    .await?
-    .rows_affected();
-    sqlx::query(
-        "update refresh_token set child_sealed = null where child_sealed is not null and rotated_at < now() - make_interval(secs => $1)",
-    )
-    .bind(state.config.refresh_grace_secs as f64)
-    .execute(&state.db)
-    .await?;
-    tracing::info!(deleted, "cleanup of ended sessions");
-    Ok(())
+/// How long rotated refresh tokens, ended sessions and security events are kept.
+#[derive(Clone, Copy, Debug)]
+pub struct Retention {
+    /// Sessions are deleted this long after they end, with their tokens: until then
+    /// a replayed token is still recognised as reuse.
+    pub ended_sessions_secs: u64,
+    /// Rotated refresh tokens older than this are deleted even while their session
+    /// lives (`REUSE_DETECTION_SECS`).
+    pub rotated_tokens_secs: u64,
+    pub security_events_secs: u64,
+    pub idle_ttl_secs: u64,
+    pub grace_secs: u64,
 }
 
-/// Republishes every session whose access token may still be alive, and the users'
-/// logout-everywhere times, then sets the epoch key. Idempotent: several origins may
-/// run it at once.
-pub async fn rebuild_store(state: &AppState) -> Result<usize, String> {
-    type Row = (
-        Uuid,
-        Uuid,
-        String,
-        DateTime<Utc>,
-        DateTime<Utc>,
-        DateTime<Utc>,
-    );
-    let rows: Vec<Row> = sqlx::query_as(
-        "select s.id, s.user_id, s.scope, s.created_at, s.expires_at, s.access_expires_at from session s \
-         where s.revoked_at is null and s.expires_at > now() and s.access_expires_at > now() - interval '1 minute'",
-    )
-    .fetch_all(&state.db)
-    .await
-    .map_err(|e| e.to_string())?;
-    let now = Utc::now();
-    for (id, user_id, scope, created_at, expires_at, access_expires_at) in &rows {
-        let record = SessionRecord {
-            sub: user_id.to_string(),
-            scope: scope.clone(),
-            auth_time_ms: created_at.timestamp_millis() as u64,
-            exp: expires_at.timestamp() as u64,
-        };
-        // Exactly what `issue` gave it: the access token's rest plus the buffer.
-        let ttl = access_expires_at.timestamp() - now.timestamp()
-            + state.config.session_record_buffer_secs as i64;
-        if ttl <= 0 {
-            continue;
+impl From<&crate::config::Config> for Retention {
+    fn from(config: &crate::config::Config) -> Self {
+        Retention {
+            ended_sessions_secs: 86_400,
+            rotated_tokens_secs: config.reuse_detection_secs,
+            security_events_secs: config.security_event_retention_days * 86_400,
+            idle_ttl_secs: config.session_idle_ttl_secs,
+            grace_secs: config.refresh_grace_secs,
         }
-        state
-            .store
-            .publish(&id.to_string(), &record, ttl as u64)
-            .await
-            .map_err(|_| "redis failed during rebuild")?;
     }
-    // A session revoked (by another origin) between the read above and its publish
-    // would be back in Redis: look again now that every publish is done. A revocation
-    // committed after this read deletes its record after our publish, so none is missed.
-    let ids: Vec<Uuid> = rows.iter().map(|row| row.0).collect();
-    let revoked: Vec<(Uuid, Uuid)> = sqlx::query_as(
-        "select id, user_id from session where id = any($1) and revoked_at is not null",
-    )
-    .bind(&ids)
-    .fetch_all(&state.db)
-    .await
-    .map_err(|e| e.to_string())?;
-    remove_records(state, &revoked).await?;
-    let horizon =
-        (state.config.access_token_ttl_secs + state.config.session_record_buffer_secs) as f64;
-    let users: Vec<(Uuid, DateTime<Utc>)> = sqlx::query_as(
-        "select id, sessions_not_before from app_user where sessions_not_before > now() - make_interval(secs => $1)",
-    )
-    .bind(horizon)
-    .fetch_all(&state.db)
-    .await
-    .map_err(|e| e.to_string())?;
-    for (user_id, not_before) in users {
-        let ttl = horizon as u64 + state.config.token_leeway_secs;
-        state
-            .store
-            .logout_all(
-                &user_id.to_string(),
-                &[],
-                not_before.timestamp_millis() as u64,
-                ttl,
-            )
-            .await
-            .map_err(|_| "redis failed during rebuild")?;
+}
+
+/// The periodic deletes, each by index (`tests/growth` checks the plans), in batches.
+/// The `$1` of each is a number of seconds.
+pub const CLEANUP_STATEMENTS: [(&str, &str); 6] = [
+    (
+        "revoked sessions",
+        "delete from session where id in (select id from session \
+         where revoked_at < now() - make_interval(secs => $1) limit $2)",
+    ),
+    (
+        "expired sessions",
+        "delete from session where id in (select id from session \
+         where expires_at < now() - make_interval(secs => $1) limit $2)",
+    ),
+    (
+        // Idle: not refreshed for the idle timeout; its last access token ended at most
+        // that long after its last use, which the partial index on access_expires_at finds.
+        "idle sessions",
+        "delete from session where id in (select id from session \
+         where revoked_at is null and access_expires_at < now() - make_interval(secs => $1) limit $2)",
+    ),
+    (
+        "rotated refresh tokens",
+        "delete from refresh_token where id in (select id from refresh_token \
+         where created_at < now() - make_interval(secs => $1) and rotated_at is not null limit $2)",
+    ),
+    (
+        "security events",
+        "delete from security_event where id in (select id from security_event \
+         where created_at < now() - make_interval(secs => $1) limit $2)",
+    ),
+    (
+        // Sealed successors are only usable inside the grace window; erased after it.
+        "sealed successors",
+        "update refresh_token set child_sealed = null where id in (select id from refresh_token \
+         where child_sealed is not null and rotated_at < now() - make_interval(secs => $1) limit $2)",
+    ),
+];
+
+/// Deletes what has outlived its retention, in batches, and erases sealed successors
+/// past the grace window. Returns the rows touched per statement.
+pub async fn cleanup(
+    db: &PgPool,
+    retention: &Retention,
+) -> Result<Vec<(&'static str, u64)>, sqlx::Error> {
+    let ages = [
+        retention.ended_sessions_secs,
+        retention.ended_sessions_secs,
+        retention.idle_ttl_secs + retention.ended_sessions_secs,
+        retention.rotated_tokens_secs,
+        retention.security_events_secs,
+        retention.grace_secs,
+    ];
+    let mut done = Vec::new();
+    for ((what, statement), age) in CLEANUP_STATEMENTS.iter().zip(ages) {
+        let mut total = 0;
+        loop {
+            let n = sqlx::query(statement)
+                .bind(age as f64)
+                .bind(CLEANUP_BATCH)
+                .execute(db)
+                .await?
+                .rows_affected();
+            total += n;
+            if n < CLEANUP_BATCH as u64 {
+                break;
+            }
+        }
+        done.push((*what, total));
     }
-    state
-        .store
-        .set_epoch()
+    Ok(done)
+}
+
+/// Rebuilds the given partitions of the store from Postgres: every session whose
+/// record or tombstone may still matter, and the recent not-befores. Idempotent
+/// (every write is versioned), so several origins may run it at once. Returns how many
+/// sessions it wrote.
+pub async fn rebuild(
+    db: &PgPool,
+    store: &Store,
+    lifetimes: &Lifetimes,
+    partitions: &HashSet<u16>,
+) -> Result<usize, String> {
+    let horizon = lifetimes.horizon_secs();
+    let rows = db::sessions::publishable(db, horizon)
         .await
-        .map_err(|_| "redis failed setting the epoch")?;
-    Ok(rows.len())
+        .map_err(|e| e.to_string())?;
+    let publications: Vec<_> = rows
+        .iter()
+        .filter(|row| partitions.contains(&partition(&row.user_id.to_string())))
+        .map(|row| publish::publication(row, lifetimes))
+        .collect();
+    store
+        .publish(&publications)
+        .await
+        .map_err(|_| "the store failed during the rebuild")?;
+    let users = db::sessions::recent_not_befores(db, horizon)
+        .await
+        .map_err(|e| e.to_string())?;
+    for (user_id, at) in users {
+        if partitions.contains(&partition(&user_id.to_string())) {
+            store
+                .publish_not_before(&publish::not_before(user_id, at, lifetimes))
+                .await
+                .map_err(|_| "the store failed during the rebuild")?;
+        }
+    }
+    Ok(publications.len())
 }
 
-/// Removes the records of `(session, user)` pairs, grouped by user.
-async fn remove_records(state: &AppState, sessions: &[(Uuid, Uuid)]) -> Result<(), String> {
-    let mut by_user: std::collections::HashMap<Uuid, Vec<String>> = Default::default();
-    for (id, user_id) in sessions {
-        by_user.entry(*user_id).or_default().push(id.to_string());
+/// One look at the store's freshness: partitions whose marker does not vouch for the
+/// server holding them (restarted, flushed, restored from a snapshot, failed over, or
+/// never built) lose their marker, so the edge falls back to the origin for them, are
+/// rebuilt from Postgres, and get their marker back, set under the server's run id.
+/// Returns the partitions rebuilt and the sessions written.
+pub async fn refresh_freshness(
+    db: &PgPool,
+    store: &Store,
+    lifetimes: &Lifetimes,
+) -> Result<(usize, usize), String> {
+    let states = store
+        .freshness()
+        .await
+        .map_err(|_| "the store failed reading its freshness")?;
+    let stale: Vec<_> = states.into_iter().filter(|s| !s.fresh).collect();
+    if stale.is_empty() {
+        return Ok((0, 0));
     }
-    for (user_id, ids) in by_user {
-        state
-            .store
-            .remove(&user_id.to_string(), &ids)
+    let id = crate::random::hex::<8>();
+    let mut begun = Vec::new();
+    for state in stale {
+        if store
+            .begin_rebuild(state.partition, &id)
             .await
-            .map_err(|_| "redis failed removing revoked records")?;
+            .map_err(|_| "the store failed starting a rebuild")?
+        {
+            begun.push(state);
+        }
     }
-    Ok(())
+    if begun.is_empty() {
+        return Ok((0, 0));
+    }
+    let partitions: HashSet<u16> = begun.iter().map(|s| s.partition).collect();
+    let written = rebuild(db, store, lifetimes, &partitions).await?;
+    for state in &begun {
+        // Refused if that server restarted or failed over, or the partition was
+        // flushed, during the rebuild: it stays stale and is rebuilt at the next look.
+        store
+            .end_rebuild(state.partition, &state.run_id, &id)
+            .await
+            .map_err(|_| "the store failed setting a marker")?;
+    }
+    Ok((begun.len(), written))
 }
 
-/// Repairs what a predecessor killed mid-request may have left in Redis. Revocations
-/// and rotations commit in Postgres first and touch Redis after (their retries live
-/// in memory), so a SIGKILL in between leaves a revoked session's record behind (the
-/// edge would still accept it) or an active session without its record. Removes the
-/// records of sessions revoked recently enough for a record to live, then republishes
-/// the active ones.
-pub async fn reconcile_after_start(state: &AppState) -> Result<usize, String> {
-    let horizon =
-        (state.config.access_token_ttl_secs + state.config.session_record_buffer_secs) as f64;
-    let revoked: Vec<(Uuid, Uuid)> = sqlx::query_as(
-        "select id, user_id from session where revoked_at > now() - make_interval(secs => $1)",
-    )
-    .bind(horizon)
-    .fetch_all(&state.db)
-    .await
-    .map_err(|e| e.to_string())?;
-    remove_records(state, &revoked).await?;
-    rebuild_store(state).await
-}
-
-/// Runs forever: the start-up reconciliation (retried until it succeeds), cleanup every
-/// 10 minutes, flush detection every 2 seconds.
+/// Runs forever: every second the outbox sweep and the freshness check; the cleanup
+/// every 10 minutes.
 pub async fn run(state: AppState) {
+    let lifetimes = Lifetimes::from(state.config.as_ref());
+    let retention = Retention::from(state.config.as_ref());
     let mut watch = tokio::time::interval(WATCH_EVERY);
     let mut cleanup_tick = tokio::time::interval(CLEANUP_EVERY);
-    let mut reconciled = false;
     loop {
         tokio::select! {
             _ = watch.tick() => {
-                state.store.ensure_kv_epoch().await;
-                if !reconciled {
-                    match reconcile_after_start(&state).await {
-                        Ok(n) => {
-                            reconciled = true;
-                            tracing::info!(sessions = n, "start-up reconciliation: redis matches postgres");
-                        }
-                        Err(e) => tracing::warn!(error = %e, "start-up reconciliation failed; will retry"),
-                    }
-                    continue;
+                state.store.ensure_kv_marker().await;
+                match publish::sweep(&state.db, &state.store, &lifetimes).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(rows = n, "outbox: store writes finished for another request or origin"),
+                    Err(e) => tracing::debug!(error = %e, "outbox sweep failed; will retry"),
                 }
-                if let Ok(false) = state.store.has_epoch().await {
-                    match rebuild_store(&state).await {
-                        Ok(n) => tracing::warn!(sessions = n, "redis had no epoch (restart or flush): session records rebuilt from postgres"),
-                        Err(e) => tracing::warn!(error = %e, "rebuilding redis from postgres failed; will retry"),
-                    }
+                match refresh_freshness(&state.db, &state.store, &lifetimes).await {
+                    Ok((0, _)) => {}
+                    Ok((partitions, sessions)) => tracing::warn!(partitions, sessions, "store partitions were not fresh (restart, flush, restore or failover): rebuilt from postgres"),
+                    Err(e) => tracing::debug!(error = %e, "freshness check failed; will retry"),
                 }
             }
             _ = cleanup_tick.tick() => {
-                if let Err(e) = cleanup(&state).await {
-                    tracing::warn!(error = %e, "cleanup failed; will retry");
+                match cleanup(&state.db, &retention).await {
+                    Ok(done) => tracing::info!(?done, "cleanup"),
+                    Err(e) => tracing::warn!(error = %e, "cleanup failed; will retry"),
                 }
             }
         }

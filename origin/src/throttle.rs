@@ -269,6 +269,24 @@ impl Throttle {
         }
     }
 
+    /// Gives the reserved attempt back on every key: the password was never checked
+    /// (Postgres down, no hashing slot), and our outage must not count against the
+    /// user.
+    pub async fn release(&self, keys: &[Key]) {
+        for key in keys {
+            let mut invocation = self.refund.prepare_invoke();
+            invocation.key(self.redis_keys(key).0);
+            let _ = self
+                .store
+                .run_script::<u64>("throttle refund", invocation)
+                .await;
+            let mut memory = self.memory.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(entry) = memory.get_mut(&key.name) {
+                entry.attempts = entry.attempts.saturating_sub(1);
+            }
+        }
+    }
+
     /// The same rule as [`RESERVE`], in this process: the wait if locked, else zero
     /// with the attempt counted.
     fn memory_reserve(&self, key: &Key) -> Duration {

@@ -96,8 +96,9 @@ async fn refresh_token_theft_in_either_order_kills_the_session_for_both_and_reco
             assert_eq!(origin.session_revoked(&sid).await, Some(true));
             assert!(
                 !origin
-                    .redis_exists(&origin.session_key(&held.sub(), &sid))
-                    .await
+                    .has_record(&origin.session_key(&held.sub(), &sid))
+                    .await,
+                "the record is tombstoned"
             );
 
             let event: (String, Option<String>, Option<String>, Value) = sqlx::query_as(

@@ -39,6 +39,7 @@ async fn redis(origin: &Origin, args: &[&str]) -> redis::Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_consistency_agrees_on_a_healthy_store_and_names_each_planted_disagreement() {
     let mut origin = Origin::start().await;
+    // (mutable: killed at the end, before its database is dropped)
     let user = origin.new_user().await;
     let kept = origin.login_ok(&user.username, &user.password).await;
     let emptied = origin.login_ok(&user.username, &user.password).await;
@@ -47,8 +48,9 @@ async fn check_consistency_agrees_on_a_healthy_store_and_names_each_planted_disa
         .bearer(reqwest::Method::POST, "/auth/logout", revoked.access())
         .await;
     assert_eq!(logout.status, StatusCode::NO_CONTENT);
-    // The start-up reconciliation runs at once; let it finish before judging.
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    // The first freshness check builds every partition within a second; let it
+    // finish before judging.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
 
     let (code, report) = check(&origin);
     assert_eq!(code, 0, "healthy store: {report}");
@@ -97,26 +99,44 @@ async fn check_consistency_agrees_on_a_healthy_store_and_names_each_planted_disa
         );
     }
 
-    // A flushed store (no epoch) is reported too.
-    let epoch = shared::session::store_epoch_key(&origin.prefix);
-    redis(&origin, &["RENAME", &epoch, &format!("{epoch}-aside")]).await;
+    // A partition without its freshness marker is reported too.
+    let marker = shared::session::freshness_key(&origin.prefix, &kept.sub());
+    redis(&origin, &["RENAME", &marker, &format!("{marker}-aside")]).await;
     let (_, report) = check(&origin);
-    assert!(report.contains("no epoch key"), "{report}");
-    redis(&origin, &["RENAME", &format!("{epoch}-aside"), &epoch]).await;
+    assert!(
+        report.contains("1 of 1024 partitions have no freshness marker"),
+        "{report}"
+    );
+    redis(&origin, &["RENAME", &format!("{marker}-aside"), &marker]).await;
 
-    // A restarted origin repairs what a killed one can leave: the revoked session's
-    // record goes, the missing one comes back, the TTL is set again. A record of a
-    // session Postgres never had is not something an origin writes: it stays reported.
-    origin.kill_and_restart().await;
-    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    // Removing the markers makes the origins rebuild from Postgres: the revoked
+    // session's record becomes a tombstone (newer version), the missing record comes
+    // back. A record of a session Postgres never had, or one at the current version
+    // made to live forever, is nothing an origin writes and nothing a versioned
+    // rebuild overwrites: they stay reported until an operator removes them.
+    for partition in 0..shared::session::PARTITIONS {
+        redis(
+            &origin,
+            &[
+                "DEL",
+                &shared::session::partition_freshness_key(&origin.prefix, partition),
+            ],
+        )
+        .await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
     let (code, report) = check(&origin);
     assert_eq!(code, 1, "{report}");
     assert!(
-        report.contains("1 disagreements") && report.contains(unknown_sid),
+        report.contains("2 disagreements")
+            && report.contains(unknown_sid)
+            && report.contains("record TTL -1 s"),
         "{report}"
     );
     redis(&origin, &["DEL", &unknown_key]).await;
+    redis(&origin, &["EXPIRE", &kept_key, "600"]).await;
     let (code, report) = check(&origin);
-    assert_eq!(code, 0, "after the restart's reconciliation: {report}");
+    assert_eq!(code, 0, "after the rebuild: {report}");
     eprintln!("check-consistency after repair: {}", report.trim());
+    origin.kill();
 }

@@ -99,7 +99,7 @@ async fn a_flushed_redis_is_rebuilt_from_postgres_without_new_logins() {
         StatusCode::NO_CONTENT
     );
     let key = origin.session_key(&kept.sub(), &kept.sid());
-    assert!(origin.redis_exists(&key).await);
+    assert!(origin.has_record(&key).await);
 
     // Flush everything this origin wrote.
     let mut conn = origin.redis.clone();
@@ -114,8 +114,8 @@ async fn a_flushed_redis_is_rebuilt_from_postgres_without_new_logins() {
         .await
         .unwrap();
 
-    // Straight after the flush nobody is logged out: without the epoch key the store
-    // proves nothing, and Postgres decides.
+    // Straight after the flush nobody is logged out: without its freshness marker a
+    // partition proves nothing, and Postgres decides.
     assert_eq!(origin.me(kept.access()).await.status, StatusCode::OK);
     assert_eq!(
         origin.me(ended.access()).await.status,
@@ -123,21 +123,21 @@ async fn a_flushed_redis_is_rebuilt_from_postgres_without_new_logins() {
     );
 
     let started = Instant::now();
-    while !origin.redis_exists(&key).await {
+    let marker = shared::session::freshness_key(&origin.prefix, &kept.sub());
+    while !origin.has_record(&key).await || !origin.marker_fresh(&marker).await {
         assert!(
             started.elapsed() < Duration::from_secs(10),
-            "record not rebuilt within 10 s"
+            "record not rebuilt within 10 s: {}",
+            origin.log.text()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(
-        origin
-            .redis_exists(&shared::session::store_epoch_key(&origin.prefix))
-            .await
-    );
     let ended_key = origin.session_key(&ended.sub(), &ended.sid());
     assert!(
-        !origin.redis_exists(&ended_key).await,
+        matches!(
+            origin.stored(&ended_key).await,
+            None | Some(shared::session::Stored::Revoked { .. })
+        ),
         "a logged-out session must not come back"
     );
     assert_eq!(origin.me(kept.access()).await.status, StatusCode::OK);
@@ -281,4 +281,244 @@ async fn an_origin_that_cannot_bind_a_listener_exits_at_once_naming_it() {
             "{setting}: the error must name the setting and address: {stderr}"
         );
     }
+}
+
+/// Expected (DESIGN.md §3): a write lands only when newer than what is stored, so a
+/// record delayed past the tombstone that followed it (a timed-out SET, a retried
+/// push) changes nothing, nor does one whose expiry has passed. Straight against the
+/// store, with versions chosen by the test.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delayed_write_of_an_older_version_never_overwrites_a_newer_one() {
+    use origin::store::{Publication, Store};
+    use shared::session::{SessionRecord, Stored, session_key};
+    let prefix = format!("t{}:", common::random_hex());
+    let store = Store::new(&common::redis_url(), prefix.clone(), None).unwrap();
+    let now_ms = shared::unix_now() * 1000;
+    let record = |ver: u64| Publication {
+        sub: "u1".into(),
+        sid: "s1".into(),
+        ver,
+        value: SessionRecord {
+            ver,
+            sub: "u1".into(),
+            scope: "profile".into(),
+            auth_time_ms: now_ms,
+            exp: now_ms / 1000 + 3600,
+        }
+        .encode(),
+        expire_at_ms: now_ms + 60_000,
+    };
+    let tombstone = |ver: u64| Publication {
+        value: SessionRecord::tombstone(ver, "u1"),
+        expire_at_ms: now_ms + 120_000,
+        ..record(ver)
+    };
+    let read = async || {
+        let value: Option<String> = redis::cmd("GET")
+            .arg(session_key(&prefix, "u1", "s1"))
+            .query_async(
+                &mut redis::Client::open(common::redis_url())
+                    .unwrap()
+                    .get_multiplexed_async_connection()
+                    .await
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        value.map(|v| Stored::decode(v.as_bytes()).unwrap())
+    };
+    store.publish(&[record(2)]).await.unwrap();
+    store.publish(&[tombstone(3)]).await.unwrap();
+    store.publish(&[record(2)]).await.unwrap(); // the late write
+    assert_eq!(read().await, Some(Stored::Revoked { ver: 3 }));
+    store.publish(&[tombstone(3)]).await.unwrap(); // a duplicate
+    assert_eq!(read().await, Some(Stored::Revoked { ver: 3 }));
+    let expired = Publication {
+        expire_at_ms: now_ms - 1000,
+        ..record(9)
+    };
+    store.publish(&[expired]).await.unwrap();
+    assert_eq!(
+        read().await,
+        Some(Stored::Revoked { ver: 3 }),
+        "an expired write is dropped"
+    );
+    let _: () = redis::cmd("DEL")
+        .arg(session_key(&prefix, "u1", "s1"))
+        .query_async(
+            &mut redis::Client::open(common::redis_url())
+                .unwrap()
+                .get_multiplexed_async_connection()
+                .await
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+}
+
+/// Expected: with Redis writes paused (so each origin's write times out and lands
+/// whenever Redis serves it), a refresh on one origin and a logout of the refreshed
+/// session on another leave the session revoked once the writes have landed, on both
+/// origins: the tombstone's version is newer than the refresh's record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_paused_across_a_refresh_and_a_logout_from_two_origins_leave_the_session_revoked() {
+    let own = common::OwnRedis::start();
+    let a = Origin::start_with(&[("REDIS_URL", &own.url())]).await;
+    let b = a.sibling().await;
+    let user = a.new_user().await;
+    let t0 = a.login_ok(&user.username, &user.password).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await; // partitions built
+    own.pause_writes(3000).await;
+    let t1 = a.refresh_ok(t0.refresh()).await;
+    let logout = common::Reply::from(
+        a.http
+            .post(format!("{}/auth/logout", b.base))
+            .bearer_auth(t1.access())
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(logout.status, StatusCode::NO_CONTENT, "{}", logout.text());
+    tokio::time::sleep(Duration::from_millis(6000)).await; // pause over, outbox swept
+    for (name, base) in [("a", a.base.clone()), ("b", b.base.clone())] {
+        let me = common::Reply::from(
+            a.http
+                .get(format!("{base}/api/me"))
+                .bearer_auth(t1.access())
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(
+            me.status,
+            StatusCode::UNAUTHORIZED,
+            "origin {name}: {}",
+            me.text()
+        );
+    }
+    let key = a.session_key(&t1.sub(), &t1.sid());
+    assert!(
+        matches!(
+            a.stored(&key).await,
+            Some(shared::session::Stored::Revoked { .. })
+        ),
+        "the store holds the tombstone: {:?}",
+        a.stored(&key).await
+    );
+    let (code, report) = a.check_consistency();
+    assert_eq!(code, 0, "{report}");
+}
+
+/// Expected: a refresh no longer holds its row lock and pool connection while it waits
+/// on Redis, so with Redis writes paused 3 s, 200 refreshes at once do not drain the
+/// pool (16 connections, 3 s acquire timeout) and a login sent meanwhile is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_writes_paused_two_hundred_refreshes_do_not_starve_a_login() {
+    let own = common::OwnRedis::start();
+    let origin = Origin::start_with(&[("REDIS_URL", &own.url())]).await;
+    let user = origin.new_user().await;
+    let other = origin.new_user().await;
+    let tokens = origin.login_ok(&user.username, &user.password).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    own.pause_writes(3000).await;
+    let refreshes = futures::future::join_all((0..200).map(|_| origin.refresh(tokens.refresh())));
+    let login = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        origin.login(&other.username, &other.password).await
+    };
+    let (replies, login) = tokio::join!(refreshes, login);
+    let unavailable = replies.iter().filter(|r| r.status.as_u16() == 503).count();
+    eprintln!(
+        "200 refreshes with Redis writes paused: {} × 200, {unavailable} × 503; a login meanwhile: {}",
+        replies
+            .iter()
+            .filter(|r| r.status == StatusCode::OK)
+            .count(),
+        login.status
+    );
+    assert_eq!(login.status, StatusCode::OK, "the login: {}", login.text());
+    assert_eq!(unavailable, 0, "no refresh waited into a 503 either");
+}
+
+/// Expected: what must follow a committed revocation is in the outbox, committed
+/// with it, and runs in a task the request cannot cancel: a client hanging up 100 ms
+/// into a logout while Redis writes are paused does not leave the session's record
+/// behind. `check-consistency` agrees once the pause is over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_hanging_up_on_a_logout_does_not_skip_the_store_write() {
+    let own = common::OwnRedis::start();
+    let origin = Origin::start_with(&[("REDIS_URL", &own.url())]).await;
+    let user = origin.new_user().await;
+    let tokens = origin.login_ok(&user.username, &user.password).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    own.pause_writes(3000).await;
+    let hung_up = origin
+        .http
+        .post(origin.url("/auth/logout"))
+        .bearer_auth(tokens.access())
+        .timeout(Duration::from_millis(100))
+        .send()
+        .await;
+    assert!(hung_up.is_err(), "the client gave up: {hung_up:?}");
+    tokio::time::sleep(Duration::from_millis(6000)).await;
+    assert_eq!(origin.session_revoked(&tokens.sid()).await, Some(true));
+    let key = origin.session_key(&tokens.sub(), &tokens.sid());
+    assert!(
+        !origin.has_record(&key).await,
+        "the record survived the logout"
+    );
+    let (code, report) = origin.check_consistency();
+    assert_eq!(code, 0, "{report}");
+}
+
+/// Expected: the freshness marker proves freshness, not presence. A Redis restored
+/// from a snapshot taken before a logout still holds the session's record and a
+/// marker, but one written under the previous server's run id: within N = 3 s of the
+/// restart the partition is rebuilt (the tombstone is newer) and the edge of the
+/// origin falls back to Postgres meanwhile. No 200 for the logged-out session after
+/// that; the live session keeps working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restored_from_an_old_snapshot_admits_no_revoked_session_after_three_seconds() {
+    let mut own = common::OwnRedis::start();
+    let origin = Origin::start_with(&[("REDIS_URL", &own.url())]).await;
+    let user = origin.new_user().await;
+    let kept = origin.login_ok(&user.username, &user.password).await;
+    let ended = origin.login_ok(&user.username, &user.password).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    own.snapshot().await;
+    let logout = origin
+        .bearer(reqwest::Method::POST, "/auth/logout", ended.access())
+        .await;
+    assert_eq!(logout.status, StatusCode::NO_CONTENT);
+    own.restart_from_snapshot();
+    let restarted = Instant::now();
+    let key = origin.session_key(&ended.sub(), &ended.sid());
+    let mut last_admitted = None;
+    let mut kept_refused = 0;
+    while restarted.elapsed() < Duration::from_secs(6) {
+        if origin.me(ended.access()).await.status == StatusCode::OK {
+            last_admitted = Some(restarted.elapsed());
+        }
+        if origin.me(kept.access()).await.status != StatusCode::OK {
+            kept_refused += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "restore from snapshot: last 200 for the logged-out session {last_admitted:?} after the restart; \
+         live session refused {kept_refused} times"
+    );
+    assert!(
+        last_admitted.is_none_or(|t| t < Duration::from_secs(3)),
+        "admitted {last_admitted:?} after the restart"
+    );
+    assert_eq!(kept_refused, 0, "the live session was refused");
+    assert!(matches!(
+        origin.stored(&key).await,
+        Some(shared::session::Stored::Revoked { .. })
+    ));
+    let (code, report) = origin.check_consistency();
+    assert_eq!(code, 0, "{report}");
 }

@@ -180,9 +180,9 @@ async fn logout_all_revokes_every_session_of_the_user() {
             .query_async(&mut origin.redis.clone())
             .await
             .expect("GET nbf");
-        if let Some(record) = record {
-            let record = shared::session::SessionRecord::decode(record.as_bytes())
-                .expect("a session record");
+        if let Some(shared::session::Stored::Active(record)) =
+            record.map(|r| shared::session::Stored::decode(r.as_bytes()).expect("a session record"))
+        {
             assert!(
                 nbf.is_some_and(|nbf| nbf >= record.auth_time_ms),
                 "{name}: the edge would still accept it (record {record:?}, not-before {nbf:?})"

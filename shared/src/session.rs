@@ -1,37 +1,55 @@
-//! The session record the origin publishes for the edge (DESIGN.md §3), and the
-//! names of the store keys that hold it.
+//! The session records the origin publishes for the edge (DESIGN.md §3), and the
+//! names of the store keys that hold them.
 //!
-//! Per active session the store holds `<prefix>sess:{<sub>}:<sid>` = a [`SessionRecord`]
-//! as JSON, with a TTL of the access token's remaining lifetime plus a buffer. Per
-//! user it may hold `<prefix>nbf:{<sub>}` = Unix time in milliseconds: written by
-//! logout-everywhere, it kills every session authenticated at or before it.
-//! Milliseconds, because in seconds a login in the same second as logout-everywhere
-//! could not be told from one just before it. The edge reads both in one round
-//! trip (`MGET`); the `{<sub>}` hash tag puts both keys of a user in one Redis Cluster
-//! slot, so that `MGET` also works on a cluster.
+//! Per session the store holds `<prefix>sess:{<partition>}:<sub>:<sid>`: a
+//! [`SessionRecord`] while the session is active, a tombstone once it is revoked,
+//! each as JSON carrying the session's version (a counter Postgres bumps in every
+//! transaction that changes the session). A write applies only when its version is
+//! newer than the stored one, so a retried, delayed or replayed write can never bring
+//! a revoked session back. Per user the store may hold `<prefix>nbf:{<partition>}:<sub>`
+//! = Unix milliseconds: written by logout-everywhere, it kills every session
+//! authenticated at or before it (milliseconds, so a login in the same second as
+//! logout-everywhere is told from one just before it).
+//!
+//! Per partition the store holds a freshness marker `<prefix>fresh:{<partition>}`:
+//! present only while the origin knows that partition holds everything it published
+//! (it is removed, and the partition rebuilt from Postgres, when the store restarted,
+//! was flushed or restored from a snapshot, or failed over). Without it an absent
+//! record proves nothing. Users are spread over [`PARTITIONS`] hash tags, so the
+//! edge's one read (record, not-before, marker) stays in one Redis Cluster slot while
+//! the origin keeps only [`PARTITIONS`] markers, however many users there are.
 //!
 //! ```
-//! use shared::session::{SessionRecord, session_key, user_not_before_key};
+//! use shared::session::{SessionRecord, Stored, freshness_key, session_key, user_not_before_key};
 //!
-//! assert_eq!(session_key("auth:", "u1", "s1"), "auth:sess:{u1}:s1");
-//! assert_eq!(user_not_before_key("auth:", "u1"), "auth:nbf:{u1}");
-//! let record = SessionRecord { sub: "u1".into(), scope: "read".into(), auth_time_ms: 10_000, exp: 99 };
-//! assert_eq!(SessionRecord::decode(record.encode().as_bytes()), Ok(record));
+//! assert_eq!(session_key("auth:", "u1", "s1"), "auth:sess:{p1011}:u1:s1");
+//! assert_eq!(user_not_before_key("auth:", "u1"), "auth:nbf:{p1011}:u1");
+//! assert_eq!(freshness_key("auth:", "u1"), "auth:fresh:{p1011}");
+//! let record = SessionRecord { ver: 3, sub: "u1".into(), scope: "read".into(), auth_time_ms: 10_000, exp: 99 };
+//! assert_eq!(Stored::decode(record.encode().as_bytes()), Ok(Stored::Active(record)));
+//! assert_eq!(Stored::decode(SessionRecord::tombstone(4, "u1").as_bytes()), Ok(Stored::Revoked { ver: 4 }));
 //! ```
 
 use alloc::format;
 use alloc::string::String;
-use serde::Serialize;
 use serde_json::Value;
 
 use crate::{Error, MAX_TIME, VerifiedClaims, is_identifier, is_scope, json};
 
 /// Current record format, stored as `v` so a rolling deploy can tell formats apart.
-pub const RECORD_VERSION: u64 = 1;
+/// A record of another format is unknown to a reader (never active), and the origin
+/// overwrites it.
+pub const RECORD_VERSION: u64 = 2;
+
+/// How many hash tags users are spread over. Changing it renames every key: a
+/// deployment changes it only with a full rebuild of the store.
+pub const PARTITIONS: u16 = 1024;
 
 /// One active session, as the edge needs it: minimal by design (DESIGN.md §3).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SessionRecord {
+    /// The session's version in Postgres when this was written.
+    pub ver: u64,
     /// The user id; must equal the token's `sub`.
     pub sub: String,
     /// The session's current permissions. The origin may narrow them before the
@@ -44,11 +62,22 @@ pub struct SessionRecord {
     pub exp: u64,
 }
 
+/// What a session key holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Stored {
+    Active(SessionRecord),
+    /// The session was revoked at version `ver`.
+    Revoked {
+        ver: u64,
+    },
+}
+
 impl SessionRecord {
     /// The JSON stored under [`session_key`].
     pub fn encode(&self) -> String {
         format!(
-            r#"{{"v":{RECORD_VERSION},"sub":{},"scope":{},"auth_time_ms":{},"exp":{}}}"#,
+            r#"{{"v":{RECORD_VERSION},"ver":{},"sub":{},"scope":{},"auth_time_ms":{},"exp":{}}}"#,
+            self.ver,
             Value::from(self.sub.as_str()),
             Value::from(self.scope.as_str()),
             self.auth_time_ms,
@@ -56,34 +85,60 @@ impl SessionRecord {
         )
     }
 
-    /// Reads a record written by [`encode`](Self::encode). Anything else, including a
-    /// record of another version, is [`Error::Record`]: the caller must treat the session
-    /// as unknown (never as active).
+    /// The JSON that replaces a revoked session's record, at version `ver`.
+    pub fn tombstone(ver: u64, sub: &str) -> String {
+        format!(
+            r#"{{"v":{RECORD_VERSION},"ver":{ver},"sub":{},"revoked":true}}"#,
+            Value::from(sub)
+        )
+    }
+}
+
+impl Stored {
+    /// Reads a value written by [`SessionRecord::encode`] or
+    /// [`SessionRecord::tombstone`]. Anything else, a value of another format included,
+    /// is [`Error::Record`]: the caller must treat the session as unknown (never as
+    /// active).
     pub fn decode(bytes: &[u8]) -> Result<Self, Error> {
         let record = json::parse_object(bytes).map_err(|_| Error::Record)?;
-        let text = |name: &str| {
-            record
-                .get(name)
-                .and_then(Value::as_str)
-                .ok_or(Error::Record)
-        };
-        let time = |name: &str, max: u64| match record.get(name).and_then(Value::as_u64) {
+        let number = |name: &str, max: u64| match record.get(name).and_then(Value::as_u64) {
             Some(t) if t <= max => Ok(t),
             _ => Err(Error::Record),
         };
         if record.get("v").and_then(Value::as_u64) != Some(RECORD_VERSION) {
             return Err(Error::Record);
         }
-        let (sub, scope) = (text("sub")?, text("scope")?);
-        if !is_identifier(sub) || !is_scope(scope) {
-            return Err(Error::Record);
+        let ver = number("ver", u64::MAX)?;
+        let sub = record
+            .get("sub")
+            .and_then(Value::as_str)
+            .filter(|s| is_identifier(s))
+            .ok_or(Error::Record)?;
+        match record.get("revoked") {
+            None => {}
+            Some(Value::Bool(true)) => return Ok(Stored::Revoked { ver }),
+            Some(_) => return Err(Error::Record),
         }
-        Ok(SessionRecord {
+        let scope = record
+            .get("scope")
+            .and_then(Value::as_str)
+            .filter(|s| is_scope(s))
+            .ok_or(Error::Record)?;
+        Ok(Stored::Active(SessionRecord {
+            ver,
             sub: sub.into(),
             scope: scope.into(),
-            auth_time_ms: time("auth_time_ms", MAX_TIME * 1000)?,
-            exp: time("exp", MAX_TIME)?,
-        })
+            auth_time_ms: number("auth_time_ms", MAX_TIME * 1000)?,
+            exp: number("exp", MAX_TIME)?,
+        }))
+    }
+
+    /// The version of what is stored.
+    pub fn ver(&self) -> u64 {
+        match self {
+            Stored::Active(record) => record.ver,
+            Stored::Revoked { ver } => *ver,
+        }
     }
 }
 
@@ -96,22 +151,53 @@ pub fn is_key_prefix(prefix: &str) -> bool {
             .all(|c| c.is_ascii_graphic() && c != b'{' && c != b'}')
 }
 
+/// The partition of a user: FNV-1a (32-bit) of the user id, modulo [`PARTITIONS`].
+pub fn partition(sub: &str) -> u16 {
+    let mut hash: u32 = 0x811c_9dc5;
+    for byte in sub.bytes() {
+        hash ^= u32::from(byte);
+        hash = hash.wrapping_mul(0x0100_0193);
+    }
+    (hash % u32::from(PARTITIONS)) as u16
+}
+
+/// The hash tag of a partition, braces included: `{p0042}`.
+pub fn partition_tag(partition: u16) -> String {
+    format!("{{p{partition:04}}}")
+}
+
 /// Store key of a session's record. `prefix` namespaces deployments and tests; it must
 /// pass [`is_key_prefix`], and `sub` and `sid` are [`is_identifier`]s (as in verified claims).
 pub fn session_key(prefix: &str, sub: &str, sid: &str) -> String {
-    format!("{prefix}sess:{{{sub}}}:{sid}")
+    format!("{prefix}sess:{}:{sub}:{sid}", partition_tag(partition(sub)))
 }
 
 /// Store key of a user's "not before" time, written by logout-everywhere.
 pub fn user_not_before_key(prefix: &str, sub: &str) -> String {
-    format!("{prefix}nbf:{{{sub}}}")
+    format!("{prefix}nbf:{}:{sub}", partition_tag(partition(sub)))
 }
 
-/// Store key that exists while the store holds everything the origin published. The
-/// origin writes it after (re)publishing every active session; its absence means the
-/// store restarted empty or was flushed, so an absent record proves nothing.
-pub fn store_epoch_key(prefix: &str) -> String {
-    format!("{prefix}epoch")
+/// Store key of the freshness marker of `sub`'s partition, in the same slot as the
+/// user's other keys.
+pub fn freshness_key(prefix: &str, sub: &str) -> String {
+    partition_freshness_key(prefix, partition(sub))
+}
+
+/// Store key of a partition's freshness marker.
+pub fn partition_freshness_key(prefix: &str, partition: u16) -> String {
+    format!("{prefix}fresh:{}", partition_tag(partition))
+}
+
+/// Whether a freshness marker's value vouches for its partition: present, and not the
+/// placeholder (`~…`) the origin puts there while it rebuilds the partition.
+pub fn is_fresh(marker: Option<&[u8]>) -> bool {
+    marker.is_some_and(|m| !m.is_empty() && m[0] != b'~')
+}
+
+/// The one freshness marker of a Workers KV store. KV is not a Redis that restarts
+/// or fails over: the marker only says the origin has set the store up.
+pub fn kv_freshness_key(prefix: &str) -> String {
+    format!("{prefix}fresh:kv")
 }
 
 /// What the store says about the session of a verified token.
@@ -119,10 +205,10 @@ pub fn store_epoch_key(prefix: &str) -> String {
 pub enum SessionState {
     /// The session is active; forward with this record's permissions.
     Active(SessionRecord),
-    /// No record: logged out, revoked, expired, or never published.
+    /// No record: logged out long ago, expired, or never published.
     Absent,
-    /// A record exists but this token may not use it: its user differs, the session
-    /// ended, or logout-everywhere came after it started.
+    /// A tombstone, or a record this token may not use: its user differs, the
+    /// session ended, or logout-everywhere came after it started.
     Revoked,
 }
 
@@ -149,10 +235,62 @@ pub fn session_state(
     let Some(record) = record else {
         return Ok(SessionState::Absent);
     };
-    let record = SessionRecord::decode(record)?;
+    let record = match Stored::decode(record)? {
+        Stored::Active(record) => record,
+        Stored::Revoked { .. } => return Ok(SessionState::Revoked),
+    };
     let killed_by_logout_all = not_before.is_some_and(|nbf_ms| record.auth_time_ms <= nbf_ms);
     if record.sub != claims.subject() || now >= record.exp || killed_by_logout_all {
         return Ok(SessionState::Revoked);
     }
     Ok(SessionState::Active(record))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partitions_spread_users_evenly_and_keys_of_a_user_share_one_tag() {
+        let mut counts = alloc::vec![0u32; PARTITIONS as usize];
+        for i in 0..102_400u32 {
+            let sub = format!(
+                "{:08x}-0000-4000-8000-{i:012x}",
+                i.wrapping_mul(2_654_435_761)
+            );
+            counts[partition(&sub) as usize] += 1;
+        }
+        let (min, max) = (counts.iter().min().unwrap(), counts.iter().max().unwrap());
+        assert!(
+            *min > 50 && *max < 160,
+            "100 expected per partition: {min}..{max}"
+        );
+        let tag = partition_tag(partition("u1"));
+        for key in [
+            session_key("a:", "u1", "s"),
+            user_not_before_key("a:", "u1"),
+            freshness_key("a:", "u1"),
+        ] {
+            assert!(key.contains(&tag), "{key}");
+            assert_eq!(key.matches('{').count(), 1, "one hash tag: {key}");
+        }
+    }
+
+    #[test]
+    fn tombstones_and_records_of_other_formats_decode_as_such_or_not_at_all() {
+        assert_eq!(
+            Stored::decode(SessionRecord::tombstone(9, "u").as_bytes()),
+            Ok(Stored::Revoked { ver: 9 })
+        );
+        for bad in [
+            r#"{"v":1,"sub":"u","scope":"","auth_time_ms":1,"exp":2}"#,
+            r#"{"v":2,"sub":"u","scope":"","auth_time_ms":1,"exp":2}"#,
+            r#"{"v":2,"ver":1,"sub":"u","revoked":false,"scope":"","auth_time_ms":1,"exp":2}"#,
+            r#"{"v":2,"ver":1,"sub":"u","revoked":"yes"}"#,
+            r#"{"v":2,"ver":-1,"sub":"u","revoked":true}"#,
+            r#"{"v":2,"ver":1,"sub":"a b","revoked":true}"#,
+        ] {
+            assert_eq!(Stored::decode(bad.as_bytes()), Err(Error::Record), "{bad}");
+        }
+    }
 }

@@ -84,6 +84,6 @@ proptest! {
     #[test]
     fn arbitrary_jwks_and_records_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..300)) {
         let _ = KeySet::from_jwks(&bytes);
-        let _ = shared::session::SessionRecord::decode(&bytes);
+        let _ = shared::session::Stored::decode(&bytes);
     }
 }

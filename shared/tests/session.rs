@@ -4,11 +4,12 @@ mod common;
 
 use common::*;
 use shared::Error;
-use shared::session::{SessionRecord, SessionState, session_state};
+use shared::session::{SessionRecord, SessionState, Stored, session_state};
 
 /// A record of a session authenticated at `auth_time` (Unix seconds) and ending at `exp`.
 fn record(auth_time: u64, exp: u64) -> SessionRecord {
     SessionRecord {
+        ver: 4,
         sub: claims().sub,
         scope: "profile:read".into(),
         auth_time_ms: auth_time * 1000,
@@ -76,7 +77,15 @@ vectors! {
 
     fn an_undecodable_store_value_is_an_error_never_active() {
         let good = record(NOW - 3600, NOW + 86_400).encode();
-        let bad_records = ["", "null", "{}", "[]", r#"{"v":2,"sub":"u","scope":"","auth_time_ms":1,"exp":2}"#, &good.replace("\"v\":1", "\"v\":1,\"v\":1")];
+        let bad_records = [
+            "",
+            "null",
+            "{}",
+            "[]",
+            r#"{"v":1,"sub":"u","scope":"","auth_time_ms":1,"exp":2}"#,
+            r#"{"v":3,"ver":1,"sub":"u","scope":"","auth_time_ms":1,"exp":2}"#,
+            &good.replace("\"v\":2", "\"v\":2,\"v\":2"),
+        ];
         for bad in bad_records {
             assert_eq!(state(Some(bad), None), Err(Error::Record), "{bad}");
         }
@@ -94,9 +103,17 @@ vectors! {
     }
 
     fn a_record_round_trips_and_escapes_its_strings() {
-        let rec = SessionRecord { sub: "u-1".into(), scope: "a:b c!".into(), auth_time_ms: 1, exp: 2 };
-        assert_eq!(SessionRecord::decode(rec.encode().as_bytes()), Ok(rec));
-        let hostile = SessionRecord { sub: "u\",\"sub\":\"admin".into(), scope: "".into(), auth_time_ms: 1, exp: 2 };
-        assert_eq!(SessionRecord::decode(hostile.encode().as_bytes()), Err(Error::Record), "not an identifier, but never injected");
+        let rec = SessionRecord { ver: 1, sub: "u-1".into(), scope: "a:b c!".into(), auth_time_ms: 1, exp: 2 };
+        assert_eq!(Stored::decode(rec.encode().as_bytes()), Ok(Stored::Active(rec)));
+        let hostile = SessionRecord { ver: 1, sub: "u\",\"sub\":\"admin".into(), scope: "".into(), auth_time_ms: 1, exp: 2 };
+        assert_eq!(Stored::decode(hostile.encode().as_bytes()), Err(Error::Record), "not an identifier, but never injected");
+        let tombstone = SessionRecord::tombstone(3, "u\",\"revoked\":false");
+        assert_eq!(Stored::decode(tombstone.as_bytes()), Err(Error::Record), "never injected either");
+    }
+
+    fn a_tombstone_revokes_the_session_whatever_the_not_before() {
+        let tombstone = SessionRecord::tombstone(5, &claims().sub);
+        assert_eq!(state(Some(&tombstone), None), Ok(SessionState::Revoked));
+        assert_eq!(state(Some(&tombstone), Some(&ms(NOW - 99_999))), Ok(SessionState::Revoked));
     }
 }

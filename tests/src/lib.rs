@@ -296,6 +296,117 @@ impl Recorder {
     }
 }
 
+/// One push of the origin to the edge's KV sync, as the gate saw it.
+#[derive(Clone, Debug)]
+pub struct Push {
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    /// Whether the gate let it through.
+    pub delivered: bool,
+}
+
+/// Stands between the origin and the edge's `POST /__edge/kv`: relays each push,
+/// keeps a copy, and while closed answers 503 without relaying, as an unreachable edge
+/// would. A kept push can be sent again later, as a retry or a replay.
+pub struct PushGate {
+    pub port: u16,
+    open: Arc<AtomicBool>,
+    pub pushes: Arc<Mutex<Vec<Push>>>,
+    target: Arc<Mutex<String>>,
+}
+
+impl PushGate {
+    pub fn start() -> PushGate {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let open = Arc::new(AtomicBool::new(true));
+        let pushes: Arc<Mutex<Vec<Push>>> = Arc::default();
+        let target: Arc<Mutex<String>> = Arc::default();
+        let (open2, pushes2, target2) = (open.clone(), pushes.clone(), target.clone());
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                listener.set_nonblocking(true).unwrap();
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                let http = reqwest::Client::new();
+                let app = axum::Router::new().fallback(move |request: axum::extract::Request| {
+                    let (open, pushes, target, http) = (
+                        open2.clone(),
+                        pushes2.clone(),
+                        target2.clone(),
+                        http.clone(),
+                    );
+                    async move {
+                        let (parts, body) = request.into_parts();
+                        let headers: Vec<(String, String)> = parts
+                            .headers
+                            .iter()
+                            .filter(|(n, _)| *n != "host" && *n != "content-length")
+                            .map(|(n, v)| (n.to_string(), v.to_str().unwrap_or("").to_string()))
+                            .collect();
+                        let body = axum::body::to_bytes(body, 1 << 22)
+                            .await
+                            .unwrap_or_default()
+                            .to_vec();
+                        let delivered = open.load(Ordering::SeqCst);
+                        pushes.lock().unwrap().push(Push {
+                            headers: headers.clone(),
+                            body: body.clone(),
+                            delivered,
+                        });
+                        if !delivered {
+                            return reqwest::StatusCode::SERVICE_UNAVAILABLE;
+                        }
+                        let url = target.lock().unwrap().clone();
+                        let mut relay = http.post(url).body(body);
+                        for (name, value) in &headers {
+                            relay = relay.header(name, value);
+                        }
+                        match relay.send().await {
+                            Ok(r) => r.status(),
+                            Err(_) => reqwest::StatusCode::BAD_GATEWAY,
+                        }
+                    }
+                });
+                axum::serve(listener, app).await.unwrap();
+            });
+        });
+        PushGate {
+            port,
+            open,
+            pushes,
+            target,
+        }
+    }
+
+    /// Closed: pushes get 503 and are not relayed (but are kept).
+    pub fn set_open(&self, open: bool) {
+        self.open.store(open, Ordering::SeqCst);
+    }
+
+    pub fn pushes(&self) -> Vec<Push> {
+        self.pushes.lock().unwrap().clone()
+    }
+
+    /// Sends a kept push to the edge again, exactly as the origin signed it.
+    pub async fn resend(&self, push: &Push) -> u16 {
+        let url = self.target.lock().unwrap().clone();
+        let mut request = reqwest::Client::new().post(url).body(push.body.clone());
+        for (name, value) in &push.headers {
+            request = request.header(name, value);
+        }
+        request
+            .send()
+            .await
+            .expect("edge reachable")
+            .status()
+            .as_u16()
+    }
+}
+
 /// A temporary directory removed on drop.
 pub struct TempDir(pub PathBuf);
 
@@ -326,6 +437,8 @@ pub struct Options {
     pub database_admin_url: Option<String>,
     /// Extra environment of the origin (e.g. `REFRESH_GRACE_SECS`).
     pub origin_env: Vec<(&'static str, String)>,
+    /// With the KV store: the origin's pushes go through a [`PushGate`] the test holds.
+    pub kv_gate: bool,
 }
 
 impl Default for Options {
@@ -337,12 +450,15 @@ impl Default for Options {
             redis_url: None,
             database_admin_url: None,
             origin_env: Vec::new(),
+            kv_gate: false,
         }
     }
 }
 
 pub struct Stack {
     pub edge: String,
+    /// With `Options::kv_gate`: the gate between the origin and the edge's KV sync.
+    pub kv_gate: Option<PushGate>,
     pub origin: String,
     pub prefix: String,
     pub edge_secret: String,
@@ -445,11 +561,17 @@ impl Stack {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect();
+        let kv_gate = (options.session_store == "kv" && options.kv_gate).then(PushGate::start);
         if options.session_store == "kv" {
-            origin_command.push((
-                "EDGE_KV_SYNC_URL".into(),
-                format!("http://127.0.0.1:{edge_port}/__edge/kv"),
-            ));
+            let edge_kv = format!("http://127.0.0.1:{edge_port}/__edge/kv");
+            let url = match &kv_gate {
+                Some(gate) => {
+                    *gate.target.lock().unwrap() = edge_kv;
+                    format!("http://127.0.0.1:{}/__edge/kv", gate.port)
+                }
+                None => edge_kv,
+            };
+            origin_command.push(("EDGE_KV_SYNC_URL".into(), url));
         }
         for (name, value) in &options.origin_env {
             origin_command.retain(|(k, _)| k != name);
@@ -504,6 +626,7 @@ impl Stack {
 
         Stack {
             edge,
+            kv_gate,
             origin,
             prefix,
             edge_secret,

@@ -450,7 +450,7 @@ async fn with_the_kv_store_the_flow_works_and_revocation_reaches_the_edge() {
     .await;
     let (username, password, tokens) = stack.user().await;
     let other = stack.login(&username, &password).await;
-    // The origin pushes the epoch to KV every 2 s until it lands; before that the
+    // The origin pushes the KV marker every second until it lands; before that the
     // edge rightly treats KV as unknown and asks the origin.
     tokio::time::sleep(Duration::from_secs(3)).await;
     // The example API caches usernames; warm it for both sessions' user.
@@ -523,8 +523,7 @@ async fn kv_pushes_without_a_valid_proof_are_refused() {
     })
     .await;
     let body =
-        json!({"ops": [{"op": "put", "key": format!("{}epoch", stack.prefix), "value": "1"}]})
-            .to_string();
+        json!({"ops": [{"op": "marker", "key": format!("{}fresh:kv", stack.prefix)}]}).to_string();
     let now = shared::unix_now();
     let forged = shared::proof::sign_message(
         &shared::proof::ProofKeys::derive(b"not the edge secret, but 32 bytes").kv_sync,
@@ -624,4 +623,83 @@ async fn auth_responses_pass_through_with_their_headers_and_the_client_address()
         headers.get("retry-after").is_some(),
         "Retry-After passes through"
     );
+}
+
+/// Expected (DESIGN.md §3, KV): the edge applies a push only when it is newer than
+/// what KV holds. A refresh's push fails (the edge unreachable), a logout follows and
+/// its tombstone lands, then the refresh's push arrives after all (a retry, or a
+/// replay within the proof's minute): it changes nothing, and the session stays
+/// refused. Replaying the tombstone's own push changes nothing either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kv_push_that_lands_after_a_newer_one_changes_nothing() {
+    let stack = Stack::start(Options {
+        session_store: "kv",
+        kv_gate: true,
+        ..Options::default()
+    })
+    .await;
+    let gate = stack.kv_gate.as_ref().unwrap();
+    let (username, password, t0) = stack.user().await;
+    let _ = (username, password);
+    tokio::time::sleep(Duration::from_secs(2)).await; // the KV marker lands
+    let puts_of = |pushes: &[e2e::Push]| -> Vec<(usize, u64)> {
+        pushes
+            .iter()
+            .enumerate()
+            .flat_map(|(i, push)| {
+                let body: Value = serde_json::from_slice(&push.body).unwrap();
+                body["ops"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter(|op| op["op"] == "put")
+                    .map(|op| (i, op["ver"].as_u64().unwrap()))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    };
+
+    gate.set_open(false);
+    let (status, t1, _) = stack
+        .post_json(
+            &stack.edge,
+            "/auth/refresh",
+            json!({"refresh_token": t0["refresh_token"]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{t1}");
+    let failed = gate
+        .pushes()
+        .into_iter()
+        .rev()
+        .find(|p| !p.delivered)
+        .expect("the refresh's push, refused");
+    gate.set_open(true);
+    assert_eq!(stack.bearer_post("/auth/logout", &access(&t1)).await, 204);
+    let tombstone = gate
+        .pushes()
+        .into_iter()
+        .rev()
+        .find(|p| p.delivered && String::from_utf8_lossy(&p.body).contains("revoked"))
+        .expect("the logout's push");
+    let versions = puts_of(&[failed.clone(), tombstone.clone()]);
+    assert!(
+        versions[0].1 < versions[1].1,
+        "the refresh's version is older: {versions:?}"
+    );
+
+    // A replay of the newest push, then the late one lands. The session is not read
+    // at the edge before: KV reads are cached for a minute, which would hide what the
+    // late push did.
+    assert_eq!(gate.resend(&tombstone).await, 204);
+    assert_eq!(gate.resend(&failed).await, 204);
+    for _ in 0..3 {
+        let (status, body, _) = stack
+            .get(&stack.edge, "/api/me", Some(&access(&t1)), &[])
+            .await;
+        assert_eq!(
+            status, 401,
+            "the late push brought the session back: {body}"
+        );
+    }
 }

@@ -163,9 +163,20 @@ async fn redis_killed_under_load_admits_no_revoked_session_and_recovers_without_
 
     redis.restart();
     let restarted = Instant::now();
-    let epoch_key = format!("{}epoch", stack.prefix);
+    // Rebuilt when every partition's freshness marker vouches for the new server.
+    let markers: Vec<String> = (0..shared::session::PARTITIONS)
+        .map(|p| shared::session::partition_freshness_key(&stack.prefix, p))
+        .collect();
     let store_back = loop {
-        if stack.redis(&["GET", &epoch_key]).await != Value::Null {
+        let mut args = vec!["MGET"];
+        args.extend(markers.iter().map(String::as_str));
+        let values = stack.redis(&args).await;
+        let fresh = values.as_array().is_some_and(|values| {
+            values
+                .iter()
+                .all(|v| shared::session::is_fresh(v.as_str().map(str::as_bytes)))
+        });
+        if fresh {
             break restarted.elapsed();
         }
         assert!(

@@ -6,19 +6,18 @@ use std::time::Instant;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{AppendHeaders, IntoResponse, Response};
-use chrono::Utc;
 use uuid::Uuid;
 
 use super::register::{Credentials, normalize_username};
 use super::tokens::RefreshToken;
-use super::{ClientInfo, SessionInfo, TokenResponse, issue};
+use super::{ClientInfo, TokenResponse, issue};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::Json;
 use crate::metrics::{METRICS, Outcome};
 use crate::password::{MAX_PASSWORD_BYTES, Verified};
 use crate::state::AppState;
 use crate::throttle::{self, Key};
-use crate::{db, device};
+use crate::{db, device, publish};
 
 pub async fn login(
     State(state): State<AppState>,
@@ -71,18 +70,15 @@ async fn attempt(
     ];
     state.throttle.reserve(&keys).await?;
 
-    // A name that cannot exist is still checked (against the dummy hash): same time,
-    // same answer.
-    let user = match normalize_username(&body.username) {
-        Some(name) => db::users::credentials(&state.db, &name).await?,
-        None => None,
+    let verified = match check_password(state, body).await {
+        Ok(verified) => verified,
+        Err(error) => {
+            // Not checked (our outage, or no hashing slot): not an attempt.
+            state.throttle.release(&keys).await;
+            return Err(error);
+        }
     };
-    let (user_id, stored) = match user {
-        Some((id, hash)) => (Some(id), Some(hash)),
-        None => (None, None),
-    };
-    let verified = state.hasher.verify(body.password, stored).await?;
-    let (Some(user_id), Verified::Yes { rehash }) = (user_id, verified) else {
+    let (Some(user_id), Verified::Yes { rehash }) = verified else {
         tracing::info!(ip = %client.ip, "login failed");
         return Err(ApiError::InvalidGrant);
     };
@@ -100,44 +96,47 @@ async fn attempt(
     Ok((tokens, cookie))
 }
 
-/// Creates a session and its first refresh token in one transaction.
+/// Looks the user up and checks the password. A name that cannot exist is still
+/// checked (against the dummy hash): same time, same answer.
+async fn check_password(
+    state: &AppState,
+    body: Credentials,
+) -> ApiResult<(Option<Uuid>, Verified)> {
+    let user = match normalize_username(&body.username) {
+        Some(name) => db::users::credentials(&state.db, &name).await?,
+        None => None,
+    };
+    let (user_id, stored) = match user {
+        Some((id, hash)) => (Some(id), Some(hash)),
+        None => (None, None),
+    };
+    Ok((user_id, state.hasher.verify(body.password, stored).await?))
+}
+
+/// Creates a session and its first refresh token (one statement), then publishes its
+/// record.
 async fn start_session(
     state: &AppState,
     user_id: Uuid,
     client: &ClientInfo,
 ) -> ApiResult<TokenResponse> {
     let config = &state.config;
-    let now = Utc::now();
-    let session = SessionInfo {
-        id: Uuid::new_v4(),
-        user_id,
-        scope: config.default_scope.clone(),
-        created_at: now,
-        expires_at: now + chrono::Duration::seconds(config.session_ttl_secs as i64),
-    };
     let refresh = RefreshToken::generate();
-    let mut tx = state.db.begin().await?;
-    sqlx::query(
-        "insert into session (id, user_id, scope, user_agent, ip, created_at, last_used_at, expires_at, access_expires_at) \
-         values ($1, $2, $3, $4, $5, $6, $6, $7, $6 + make_interval(secs => $8))",
+    let row = db::sessions::create(
+        &state.db,
+        Uuid::new_v4(),
+        user_id,
+        &config.default_scope,
+        client.user_agent.as_deref(),
+        &client.ip.to_string(),
+        config.session_ttl_secs,
+        config.access_token_ttl_secs,
+        Uuid::new_v4(),
+        &refresh.hash(),
     )
-    .bind(session.id)
-    .bind(user_id)
-    .bind(&session.scope)
-    .bind(&client.user_agent)
-    .bind(client.ip.to_string())
-    .bind(now)
-    .bind(session.expires_at)
-    .bind(config.access_token_ttl_secs as f64)
-    .execute(&mut *tx)
     .await?;
-    sqlx::query("insert into refresh_token (id, session_id, token_hash) values ($1, $2, $3)")
-        .bind(Uuid::new_v4())
-        .bind(session.id)
-        .bind(refresh.hash())
-        .execute(&mut *tx)
-        .await?;
-    tx.commit().await?;
-    tracing::info!(%user_id, session_id = %session.id, "login");
-    issue(state, &session, &refresh).await
+    tracing::info!(%user_id, session_id = %row.id, "login");
+    let response = issue(state, &row, &refresh)?;
+    publish::sessions(state, vec![row]).await;
+    Ok(response)
 }

@@ -16,12 +16,12 @@ use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use chrono::{DateTime, Utc};
 use serde::Serialize;
-use shared::session::{SessionRecord, SessionState};
+use shared::session::SessionState;
 use shared::{Claims, VerifiedClaims};
 use uuid::Uuid;
 
+use crate::db::sessions::SessionRow;
 use crate::error::{ApiError, ApiResult};
 use crate::metrics::{METRICS, Outcome};
 use crate::state::AppState;
@@ -169,25 +169,19 @@ impl FromRequestParts<AppState> for AuthSession {
     }
 }
 
-/// The session's scope if it is active according to Postgres: not revoked, not past
-/// its absolute or idle lifetime, and not ended by logout-everywhere.
+/// The session's scope if it is active according to Postgres.
 pub async fn active_scope_in_db(
     state: &AppState,
     user_id: Uuid,
     session_id: Uuid,
 ) -> ApiResult<Option<String>> {
-    let scope = sqlx::query_scalar::<_, String>(
-        "select s.scope from session s join app_user u on u.id = s.user_id \
-         where s.id = $1 and s.user_id = $2 and s.revoked_at is null and s.expires_at > now() \
-           and s.last_used_at + make_interval(secs => $3) > now() \
-           and (u.sessions_not_before is null or s.created_at > u.sessions_not_before)",
+    Ok(crate::db::sessions::active_scope(
+        &state.db,
+        user_id,
+        session_id,
+        state.config.session_idle_ttl_secs,
     )
-    .bind(session_id)
-    .bind(user_id)
-    .bind(state.config.session_idle_ttl_secs as f64)
-    .fetch_optional(&state.db)
-    .await?;
-    Ok(scope)
+    .await?)
 }
 
 /// The body of every successful login and refresh (DESIGN.md §4).
@@ -215,30 +209,22 @@ impl IntoResponse for TokenResponse {
     }
 }
 
-/// A session as the token endpoints need it.
-pub struct SessionInfo {
-    pub id: Uuid,
-    pub user_id: Uuid,
-    pub scope: String,
-    pub created_at: DateTime<Utc>,
-    pub expires_at: DateTime<Utc>,
-}
-
-/// Signs a fresh access token for `session`, publishes the session record for the
-/// edge, and builds the response around `refresh`.
-pub async fn issue(
+/// Signs a fresh access token for the session `row` (just written: its times are
+/// Postgres's, `exp` is its `access_expires_at`) and builds the response around
+/// `refresh`. The row's store write is [`crate::publish`]'s, after its commit.
+pub fn issue(
     state: &AppState,
-    session: &SessionInfo,
+    row: &SessionRow,
     refresh: &RefreshToken,
 ) -> ApiResult<TokenResponse> {
     let config = &state.config;
-    let now = shared::unix_now();
-    let exp = now + config.access_token_ttl_secs;
+    let now = row.now.timestamp().max(0) as u64;
+    let exp = row.access_expires_at.timestamp().max(0) as u64;
     let claims = Claims {
         iss: config.issuer.clone(),
         aud: config.audience.clone(),
-        sub: session.user_id.to_string(),
-        sid: session.id.to_string(),
+        sub: row.user_id.to_string(),
+        sid: row.id.to_string(),
         jti: base64::Engine::encode(
             &base64::engine::general_purpose::URL_SAFE_NO_PAD,
             crate::random::bytes::<16>(),
@@ -246,61 +232,19 @@ pub async fn issue(
         iat: now,
         nbf: now,
         exp,
-        scope: session.scope.clone(),
+        scope: row.scope.clone(),
     };
     let access_token = state.keys.active.sign(&claims).map_err(|e| {
         tracing::error!(error = %e, "could not sign an access token");
         ApiError::Internal
     })?;
-    publish(state, session, exp).await;
-    let session_left = (session.expires_at.timestamp() as u64).saturating_sub(now);
+    let session_left = (row.expires_at.timestamp().max(0) as u64).saturating_sub(now);
     Ok(TokenResponse {
         access_token,
         token_type: "Bearer",
-        expires_in: config.access_token_ttl_secs,
+        expires_in: exp.saturating_sub(now),
         refresh_token: refresh.encode(),
         refresh_token_expires_in: session_left.min(config.session_idle_ttl_secs),
-        scope: session.scope.clone(),
+        scope: row.scope.clone(),
     })
-}
-
-/// Publishes the session's record with a TTL of the access token's remaining lifetime
-/// plus the buffer (DESIGN.md §3). A failure is logged, not fatal: the edge then finds
-/// no record or no store, and falls back to the origin, which reads Postgres.
-pub async fn publish(state: &AppState, session: &SessionInfo, access_exp: u64) {
-    let record = SessionRecord {
-        sub: session.user_id.to_string(),
-        scope: session.scope.clone(),
-        auth_time_ms: session.created_at.timestamp_millis() as u64,
-        exp: session.expires_at.timestamp() as u64,
-    };
-    let ttl =
-        access_exp.saturating_sub(shared::unix_now()) + state.config.session_record_buffer_secs;
-    if state
-        .store
-        .publish(&session.id.to_string(), &record, ttl)
-        .await
-        .is_err()
-    {
-        tracing::warn!(session_id = %session.id, "session record not published; the edge will fall back to the origin");
-    }
-}
-
-/// Removes session records, retrying in the background if Redis fails: Postgres has
-/// already revoked them, and the record must not outlive the retry budget.
-pub async fn unpublish(state: &AppState, user_id: Uuid, session_ids: Vec<String>) {
-    let sub = user_id.to_string();
-    if state.store.remove(&sub, &session_ids).await.is_ok() {
-        return;
-    }
-    let store = state.store.clone();
-    tokio::spawn(async move {
-        for _ in 0..120 {
-            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-            if store.remove(&sub, &session_ids).await.is_ok() {
-                return;
-            }
-        }
-        tracing::error!(user_id = %sub, "session records could not be removed from redis for 2 minutes");
-    });
 }

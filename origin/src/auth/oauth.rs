@@ -26,13 +26,7 @@ pub struct TokenForm {
 /// (signature and claims verified; expiry ignored for revocation, per RFC 7009 §2.2).
 async fn session_of(state: &AppState, token: &str) -> ApiResult<Option<(Uuid, Uuid)>> {
     if let Some(refresh) = RefreshToken::parse(token) {
-        let row: Option<(Uuid, Uuid)> = sqlx::query_as(
-            "select s.user_id, s.id from refresh_token t join session s on s.id = t.session_id where t.token_hash = $1",
-        )
-        .bind(refresh.hash())
-        .fetch_optional(&state.db)
-        .await?;
-        return Ok(row);
+        return Ok(crate::db::sessions::of_refresh_token(&state.db, &refresh.hash()).await?);
     }
     let claims = state
         .validator
@@ -63,13 +57,7 @@ pub async fn introspect(
 ) -> ApiResult<axum::Json<Value>> {
     let inactive = || Ok(axum::Json(json!({ "active": false })));
     if let Some(refresh) = RefreshToken::parse(&form.token) {
-        let row: Option<(Uuid, Uuid, i64)> = sqlx::query_as(
-            "select s.user_id, s.id, extract(epoch from s.expires_at)::bigint from refresh_token t join session s on s.id = t.session_id \
-             where t.token_hash = $1 and t.rotated_at is null",
-        )
-        .bind(refresh.hash())
-        .fetch_optional(&state.db)
-        .await?;
+        let row = crate::db::sessions::of_current_refresh_token(&state.db, &refresh.hash()).await?;
         let Some((user_id, session_id, exp)) = row else {
             return inactive();
         };

@@ -1,14 +1,16 @@
 //! `POST /auth/refresh`: rotation with reuse detection (DESIGN.md §2).
 //!
 //! Every refresh of a session runs under row locks on that session and on the
-//! presented token, taken in Postgres, so concurrent refreshes — on one origin or
-//! several — queue and exactly one rotates. Both rows are locked because, at READ
-//! COMMITTED, a waiter re-reads only the rows it locked: locking the session alone
-//! let waiters see the token as still current and rotate it again. The rotation is
-//! also a conditional update that must claim the token, as a second line. The others then find the token they sent already rotated; inside the
-//! grace window they get the successor the winner created (unsealed with the token
-//! they hold), so a lost response or two tabs never look like theft. Any other use
-//! of a rotated token revokes the session, commits that, and only then answers 401.
+//! presented token, taken in Postgres, so concurrent refreshes, on one origin or
+//! several, queue and exactly one rotates (`crate::db::sessions::lock_by_token`). The
+//! others then find the token they sent already rotated; inside the grace window they
+//! get the successor the winner created (unsealed with the token they hold), so a lost
+//! response or two tabs never look like theft. Any other use of a rotated token
+//! revokes the session, commits that, and only then answers 401.
+//!
+//! What to do with a presented token is decided by [`judge`], a plain function of
+//! the locked rows; the handler does the I/O around it. The store write follows the
+//! commit (`crate::publish`): no lock is held while Redis or the edge is slow.
 
 use std::time::Instant;
 
@@ -16,34 +18,19 @@ use axum::extract::State;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::json;
-use uuid::Uuid;
 
 use super::tokens::RefreshToken;
-use super::{ClientInfo, SessionInfo, TokenResponse, issue, unpublish};
+use super::{ClientInfo, TokenResponse, issue};
+use crate::db::sessions::{Presented, Rotation};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::Json;
 use crate::metrics::{Cause, METRICS, Outcome};
 use crate::state::AppState;
+use crate::{db, publish};
 
 #[derive(Deserialize)]
 pub struct RefreshRequest {
     refresh_token: String,
-}
-
-#[derive(sqlx::FromRow)]
-struct Presented {
-    token_id: Uuid,
-    session_id: Uuid,
-    rotated_at: Option<DateTime<Utc>>,
-    rotated_ip: Option<String>,
-    rotated_user_agent: Option<String>,
-    child_sealed: Option<Vec<u8>>,
-    user_id: Uuid,
-    scope: String,
-    created_at: DateTime<Utc>,
-    last_used_at: DateTime<Utc>,
-    expires_at: DateTime<Utc>,
-    revoked_at: Option<DateTime<Utc>>,
 }
 
 pub async fn refresh(
@@ -52,7 +39,7 @@ pub async fn refresh(
     Json(body): Json<RefreshRequest>,
 ) -> ApiResult<TokenResponse> {
     let started = Instant::now();
-    let result = rotate(&state, &client, &body.refresh_token).await;
+    let result = exchange(&state, &client, &body.refresh_token).await;
     METRICS
         .refresh_seconds
         .observe(started.elapsed().as_secs_f64());
@@ -65,140 +52,243 @@ pub async fn refresh(
     result
 }
 
-async fn rotate(
-    state: &AppState,
-    client: &ClientInfo,
-    presented_text: &str,
-) -> ApiResult<TokenResponse> {
-    let presented = RefreshToken::parse(presented_text).ok_or(ApiError::InvalidGrant)?;
-    let config = &state.config;
-    let mut tx = state.db.begin().await?;
-    let row: Option<Presented> = sqlx::query_as(
-        "select t.id as token_id, t.session_id, t.rotated_at, t.rotated_ip, t.rotated_user_agent, t.child_sealed, \
-                s.user_id, s.scope, s.created_at, s.last_used_at, s.expires_at, s.revoked_at \
-         from refresh_token t join session s on s.id = t.session_id \
-         where t.token_hash = $1 \
-         for update of s, t",
-    )
-    .bind(presented.hash())
-    .fetch_optional(&mut *tx)
-    .await?;
-    let Some(row) = row else {
-        return Err(ApiError::InvalidGrant);
-    };
-    let now = Utc::now();
-    let idle_limit =
-        row.last_used_at + chrono::Duration::seconds(config.session_idle_ttl_secs as i64);
-    if row.revoked_at.is_some() || now >= row.expires_at || now >= idle_limit {
-        return Err(ApiError::InvalidGrant);
+/// What a presented refresh token is, given its locked rows.
+#[derive(Debug)]
+pub enum Verdict {
+    /// Unknown, revoked, or its session is past its absolute or idle end.
+    Invalid,
+    /// The current token: rotate it.
+    Current,
+    /// A rotated token within the grace window, whose successor it can unseal: a
+    /// retry, if that successor is still the current token.
+    Retry(RefreshToken),
+    /// Any other use of a rotated token: revoke the session. The cause is for metrics
+    /// and the security event.
+    Reuse(&'static str),
+}
+
+/// Decides what to do with `token`, presented with `row` (its locked rows) at the
+/// statement time `now` of the lock.
+pub fn judge(
+    token: &RefreshToken,
+    row: &Presented,
+    idle_ttl_secs: u64,
+    grace_secs: u64,
+) -> Verdict {
+    let session = &row.session;
+    let now = session.now;
+    let idle_end = session.last_used_at + chrono::Duration::seconds(idle_ttl_secs as i64);
+    if session.revoked_at.is_some() || now >= session.expires_at || now >= idle_end {
+        return Verdict::Invalid;
     }
-    let session = SessionInfo {
-        id: row.session_id,
-        user_id: row.user_id,
-        scope: row.scope.clone(),
-        created_at: row.created_at,
-        expires_at: row.expires_at,
-    };
-
     let Some(rotated_at) = row.rotated_at else {
-        // The current token: rotate it, in one statement (one round trip while the
-        // locks are held): claim the token and, only if that claimed it, add the
-        // successor and touch the session.
-        let successor = RefreshToken::generate();
-        let claimed: i64 = sqlx::query_scalar(
-            "with claimed as ( \
-                 update refresh_token set rotated_at = $2, rotated_ip = $3, rotated_user_agent = $4, child_sealed = $5 \
-                 where id = $1 and rotated_at is null returning session_id), \
-             child as ( \
-                 insert into refresh_token (id, session_id, token_hash) \
-                 select $6, session_id, $7 from claimed), \
-             touched as ( \
-                 update session set last_used_at = $2, access_expires_at = $2 + make_interval(secs => $8) \
-                 where id in (select session_id from claimed)) \
-             select count(*) from claimed",
-        )
-        .bind(row.token_id)
-        .bind(now)
-        .bind(client.ip.to_string())
-        .bind(&client.user_agent)
-        .bind(presented.seal(&successor))
-        .bind(Uuid::new_v4())
-        .bind(successor.hash())
-        .bind(config.access_token_ttl_secs as f64)
-        .fetch_one(&mut *tx)
-        .await?;
-        if claimed != 1 {
-            // Unreachable with the locks above; if it ever happens, nothing is written.
-            tracing::error!(session_id = %row.session_id, "refresh token rotated concurrently despite the row lock");
-            return Err(ApiError::Unavailable {
-                what: "concurrent refresh; retry",
-                retry_after: 1,
-            });
-        }
-        // Published while the session row is still locked: a concurrent logout (which
-        // updates that row) waits for the commit, so its Redis delete comes after this
-        // publish and cannot be undone by it. A failed commit leaves a record for a
-        // session that is active anyway.
-        let response = issue(state, &session, &successor).await?;
-        tx.commit().await?;
-        return Ok(response);
+        return Verdict::Current;
     };
-
-    // A rotated token. Inside the grace window, and if its successor is still the
-    // current token, this is a retry: answer with that same successor.
-    let age = now.signed_duration_since(rotated_at);
-    let in_grace = age <= chrono::Duration::seconds(config.refresh_grace_secs as i64);
+    let in_grace =
+        now.signed_duration_since(rotated_at) <= chrono::Duration::seconds(grace_secs as i64);
     let successor = row
         .child_sealed
         .as_deref()
-        .and_then(|sealed| presented.unseal(sealed));
-    if let (true, Some(successor)) = (in_grace, successor) {
-        let successor_is_current: Option<bool> =
-            sqlx::query_scalar("select rotated_at is null from refresh_token where token_hash = $1 and session_id = $2")
-                .bind(successor.hash())
-                .bind(row.session_id)
-                .fetch_optional(&mut *tx)
-                .await?;
-        if successor_is_current == Some(true) {
-            // Under the row lock too, for the same reason as above.
-            let response = issue(state, &session, &successor).await?;
-            tx.commit().await?;
-            tracing::info!(session_id = %row.session_id, "refresh retried inside the grace window");
-            return Ok(response);
-        }
+        .and_then(|sealed| token.unseal(sealed));
+    match (in_grace, successor) {
+        (true, Some(successor)) => Verdict::Retry(successor),
+        (true, None) => Verdict::Reuse("not_latest"),
+        (false, _) => Verdict::Reuse("after_grace"),
     }
+}
 
-    // Reuse: revoke the whole session, durably, before answering.
-    let cause = if age <= chrono::Duration::seconds(config.refresh_grace_secs as i64) {
-        "not_latest"
-    } else {
-        "after_grace"
+async fn exchange(
+    state: &AppState,
+    client: &ClientInfo,
+    presented: &str,
+) -> ApiResult<TokenResponse> {
+    let token = RefreshToken::parse(presented).ok_or(ApiError::InvalidGrant)?;
+    let config = &state.config;
+    let mut tx = state.db.begin().await?;
+    let Some(row) = db::sessions::lock_by_token(&mut tx, &token.hash()).await? else {
+        return Err(ApiError::InvalidGrant);
     };
-    sqlx::query(
-        "update session set revoked_at = $2, revoked_reason = 'refresh_token_reuse' where id = $1",
-    )
-    .bind(row.session_id)
-    .bind(now)
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query(
-        "insert into security_event (kind, user_id, session_id, ip, user_agent, detail) values ('refresh_token_reuse', $1, $2, $3, $4, $5)",
-    )
-    .bind(row.user_id)
-    .bind(row.session_id)
-    .bind(client.ip.to_string())
-    .bind(&client.user_agent)
-    .bind(json!({
+    let verdict = judge(
+        &token,
+        &row,
+        config.session_idle_ttl_secs,
+        config.refresh_grace_secs,
+    );
+    let (session, refresh) = match verdict {
+        Verdict::Invalid => return Err(ApiError::InvalidGrant),
+        Verdict::Current => {
+            let successor = RefreshToken::generate();
+            let rotation = Rotation {
+                ip: &client.ip.to_string(),
+                user_agent: client.user_agent.as_deref(),
+                sealed_successor: token.seal(&successor),
+                successor_id: uuid::Uuid::new_v4(),
+                successor_hash: successor.hash(),
+            };
+            let rotated = db::sessions::rotate(
+                &mut tx,
+                row.token_id,
+                row.session.id,
+                &rotation,
+                config.access_token_ttl_secs,
+            )
+            .await?;
+            let Some(session) = rotated else {
+                // Unreachable with the locks above; if it ever happens, nothing is written.
+                tracing::error!(session_id = %row.session.id, "refresh token rotated concurrently despite the row lock");
+                return Err(ApiError::Unavailable {
+                    what: "concurrent refresh; retry",
+                    retry_after: 1,
+                });
+            };
+            (session, successor)
+        }
+        Verdict::Retry(successor) => {
+            if !db::sessions::is_current(&mut tx, &successor.hash(), row.session.id).await? {
+                // The successor has been used since: the retry is too late to be one.
+                return reuse(state, client, tx, &row, "not_latest").await;
+            }
+            let session =
+                db::sessions::extend(&mut tx, row.session.id, config.access_token_ttl_secs).await?;
+            tracing::info!(session_id = %row.session.id, "refresh retried inside the grace window");
+            (session, successor)
+        }
+        Verdict::Reuse(cause) => return reuse(state, client, tx, &row, cause).await,
+    };
+    tx.commit().await?;
+    let response = issue(state, &session, &refresh)?;
+    publish::sessions(state, vec![session]).await;
+    Ok(response)
+}
+
+/// A rotated token used again: revokes the whole session and records the event,
+/// durably, then tombstones it in the store, and only then answers 401.
+async fn reuse(
+    state: &AppState,
+    client: &ClientInfo,
+    mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
+    row: &Presented,
+    cause: &'static str,
+) -> ApiResult<TokenResponse> {
+    let rotated_at: Option<DateTime<Utc>> = row.rotated_at;
+    let detail = json!({
         "cause": cause,
         "token_id": row.token_id,
         "rotated_at": rotated_at,
         "rotated_by": { "ip": row.rotated_ip, "user_agent": row.rotated_user_agent },
-    }))
-    .execute(&mut *tx)
+    });
+    let session = db::sessions::revoke_for_reuse(
+        &mut tx,
+        row.session.id,
+        &client.ip.to_string(),
+        client.user_agent.as_deref(),
+        detail,
+    )
     .await?;
     tx.commit().await?;
     METRICS.reuse_detected.get_or_create(&Cause { cause }).inc();
-    tracing::warn!(user_id = %row.user_id, session_id = %row.session_id, ip = %client.ip, cause, "refresh token reuse: session revoked");
-    unpublish(state, row.user_id, vec![row.session_id.to_string()]).await;
+    tracing::warn!(user_id = %session.user_id, session_id = %session.id, ip = %client.ip, cause, "refresh token reuse: session revoked");
+    publish::sessions(state, vec![session]).await;
     Err(ApiError::InvalidGrant)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::sessions::SessionRow;
+    use uuid::Uuid;
+
+    const IDLE: u64 = 7 * 86_400;
+    const GRACE: u64 = 30;
+
+    fn at(s: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_000_000 + s, 0).unwrap()
+    }
+
+    /// A token presented at `now` (seconds from an origin), rotated at `rotated`.
+    fn presented(now: i64, rotated: Option<i64>, sealed: Option<Vec<u8>>) -> Presented {
+        Presented {
+            token_id: Uuid::nil(),
+            rotated_at: rotated.map(at),
+            rotated_ip: None,
+            rotated_user_agent: None,
+            child_sealed: sealed,
+            session: SessionRow {
+                id: Uuid::nil(),
+                user_id: Uuid::nil(),
+                scope: String::new(),
+                created_at: at(0),
+                last_used_at: at(0),
+                expires_at: at(30 * 86_400),
+                access_expires_at: at(900),
+                revoked_at: None,
+                version: 1,
+                now: at(now),
+                outbox_id: None,
+            },
+        }
+    }
+
+    #[test]
+    fn the_current_token_rotates_and_an_ended_session_refuses_it() {
+        let token = RefreshToken::generate();
+        assert!(matches!(
+            judge(&token, &presented(10, None, None), IDLE, GRACE),
+            Verdict::Current
+        ));
+        let mut revoked = presented(10, None, None);
+        revoked.session.revoked_at = Some(at(5));
+        assert!(matches!(
+            judge(&token, &revoked, IDLE, GRACE),
+            Verdict::Invalid
+        ));
+        let idle = presented(IDLE as i64, None, None);
+        assert!(
+            matches!(judge(&token, &idle, IDLE, GRACE), Verdict::Invalid),
+            "idle timeout"
+        );
+        let expired = presented(30 * 86_400, None, None);
+        assert!(
+            matches!(judge(&token, &expired, IDLE, GRACE), Verdict::Invalid),
+            "absolute end"
+        );
+    }
+
+    #[test]
+    fn a_rotated_token_is_a_retry_only_inside_the_grace_window_with_its_seal() {
+        let (token, successor) = (RefreshToken::generate(), RefreshToken::generate());
+        let sealed = Some(token.seal(&successor));
+        match judge(
+            &token,
+            &presented(100 + GRACE as i64, Some(100), sealed.clone()),
+            IDLE,
+            GRACE,
+        ) {
+            Verdict::Retry(s) => assert_eq!(s.hash(), successor.hash()),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            judge(
+                &token,
+                &presented(101 + GRACE as i64, Some(100), sealed),
+                IDLE,
+                GRACE
+            ),
+            Verdict::Reuse("after_grace")
+        ));
+        assert!(
+            matches!(
+                judge(&token, &presented(110, Some(100), None), IDLE, GRACE),
+                Verdict::Reuse("not_latest")
+            ),
+            "the seal erased: no successor to return"
+        );
+        assert!(
+            matches!(
+                judge(&token, &presented(100, Some(100), None), IDLE, 0),
+                Verdict::Reuse("not_latest")
+            ),
+            "no grace window: any second use is reuse"
+        );
+    }
 }

@@ -45,7 +45,14 @@ pub async fn register(
     check_password(&body.password, &username)?;
     let key = Key::registration_address(client.ip, state.config.registrations_per_address);
     state.throttle.reserve(std::slice::from_ref(&key)).await?;
-    let hash = state.hasher.hash(body.password).await?;
+    let hash = match state.hasher.hash(body.password).await {
+        Ok(hash) => hash,
+        Err(error) => {
+            // No hashing slot: nothing was spent, so nothing is counted.
+            state.throttle.release(std::slice::from_ref(&key)).await;
+            return Err(error);
+        }
+    };
     let user_id = Uuid::new_v4();
     if !db::users::create(&state.db, user_id, &username, &hash).await? {
         return Err(ApiError::Conflict("username is taken"));

@@ -2,40 +2,21 @@
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use chrono::{DateTime, Utc};
-use serde::Serialize;
 use uuid::Uuid;
 
 use super::AuthSession;
 use super::logout::revoke_session;
+use crate::db::sessions::Listed;
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
-
-#[derive(Serialize, sqlx::FromRow)]
-pub struct SessionView {
-    session_id: Uuid,
-    created_at: DateTime<Utc>,
-    last_used_at: DateTime<Utc>,
-    user_agent: Option<String>,
-    ip: Option<String>,
-    #[sqlx(skip)]
-    current: bool,
-}
 
 pub async fn list(
     State(state): State<AppState>,
     auth: AuthSession,
-) -> ApiResult<axum::Json<Vec<SessionView>>> {
-    let mut sessions: Vec<SessionView> = sqlx::query_as(
-        "select id as session_id, created_at, last_used_at, user_agent, ip from session \
-         where user_id = $1 and revoked_at is null and expires_at > now() \
-           and last_used_at + make_interval(secs => $2) > now() \
-         order by created_at desc limit 100",
-    )
-    .bind(auth.user_id)
-    .bind(state.config.session_idle_ttl_secs as f64)
-    .fetch_all(&state.db)
-    .await?;
+) -> ApiResult<axum::Json<Vec<Listed>>> {
+    let mut sessions =
+        crate::db::sessions::list(&state.db, auth.user_id, state.config.session_idle_ttl_secs)
+            .await?;
     for session in &mut sessions {
         session.current = session.session_id == auth.session_id;
     }

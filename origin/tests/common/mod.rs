@@ -296,11 +296,32 @@ impl Origin {
             .connect(&db.url)
             .await
             .expect("connect to the test database");
-        let redis = redis::Client::open(redis_url())
-            .expect("TEST_REDIS_URL")
-            .get_multiplexed_async_connection()
+        // The origin's own Redis when the test gave it one that answers (a throwaway
+        // server), else the shared one (also when the test gave it a dead address).
+        let own = env
+            .iter()
+            .find(|(k, _)| k == "REDIS_URL")
+            .map(|(_, v)| v.clone())
+            .filter(|url| *url != redis_url());
+        let mut redis = None;
+        if let Some(url) = own
+            && let Ok(client) = redis::Client::open(url.as_str())
+            && let Ok(Ok(conn)) = tokio::time::timeout(
+                Duration::from_secs(2),
+                client.get_multiplexed_async_connection(),
+            )
             .await
-            .unwrap_or_else(|e| panic!("cannot connect to Redis at {} ({e})", redis_url()));
+        {
+            redis = Some(conn);
+        }
+        let redis = match redis {
+            Some(conn) => conn,
+            None => redis::Client::open(redis_url())
+                .expect("TEST_REDIS_URL")
+                .get_multiplexed_async_connection()
+                .await
+                .unwrap_or_else(|e| panic!("cannot connect to Redis at {} ({e})", redis_url())),
+        };
         let http = reqwest::Client::builder()
             .no_proxy()
             .timeout(Duration::from_secs(30))
@@ -580,6 +601,49 @@ impl Origin {
             == 1
     }
 
+    /// A new connection to the Redis this origin uses (it may have been restarted).
+    pub async fn fresh_redis(&self) -> redis::aio::MultiplexedConnection {
+        let url = self
+            .env("REDIS_URL")
+            .map(str::to_owned)
+            .unwrap_or_else(redis_url);
+        redis::Client::open(url)
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect to the origin's Redis")
+    }
+
+    /// What a session key holds: a record, a tombstone, or nothing.
+    pub async fn stored(&self, key: &str) -> Option<shared::session::Stored> {
+        let value: Option<String> = redis::cmd("GET")
+            .arg(key)
+            .query_async(&mut self.fresh_redis().await)
+            .await
+            .expect("GET");
+        value.map(|v| {
+            shared::session::Stored::decode(v.as_bytes()).expect("a session record or tombstone")
+        })
+    }
+
+    /// Whether a freshness marker vouches for its partition.
+    pub async fn marker_fresh(&self, key: &str) -> bool {
+        let value: Option<Vec<u8>> = redis::cmd("GET")
+            .arg(key)
+            .query_async(&mut self.redis.clone())
+            .await
+            .expect("GET");
+        shared::session::is_fresh(value.as_deref())
+    }
+
+    /// Whether a session key holds a live record (not a tombstone, not nothing).
+    pub async fn has_record(&self, key: &str) -> bool {
+        matches!(
+            self.stored(key).await,
+            Some(shared::session::Stored::Active(_))
+        )
+    }
+
     /// Every key under this test's prefix with its value (strings only, as the
     /// origin writes them).
     pub async fn redis_dump(&self) -> Vec<(String, String)> {
@@ -635,4 +699,187 @@ impl Drop for Origin {
 /// Lowercase hex of `bytes`, as Postgres prints `bytea`.
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A `redis-server` of the test's own, on a free port, for tests that pause, restart
+/// or snapshot Redis: the shared one is never touched. It snapshots only on demand
+/// (`BGSAVE`) into its own directory, and a restart loads that snapshot.
+pub struct OwnRedis {
+    pub port: u16,
+    child: Option<Child>,
+    pub dir: TempDir,
+}
+
+impl OwnRedis {
+    pub fn start() -> OwnRedis {
+        let mut redis = OwnRedis {
+            port: free_port(),
+            child: None,
+            dir: TempDir::new(),
+        };
+        redis.spawn();
+        redis
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dbfilename",
+                "dump.rdb",
+                "--dir",
+            ])
+            .arg(&self.dir.0)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server installed");
+        self.child = Some(child);
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "redis-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub async fn conn(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect to the test's own Redis")
+    }
+
+    /// `CLIENT PAUSE ms WRITE`: write commands (and scripts) wait, reads go on.
+    pub async fn pause_writes(&self, ms: u64) {
+        let _: () = redis::cmd("CLIENT")
+            .arg("PAUSE")
+            .arg(ms)
+            .arg("WRITE")
+            .query_async(&mut self.conn().await)
+            .await
+            .expect("CLIENT PAUSE");
+    }
+
+    /// A snapshot of the data now (`BGSAVE`, waited for).
+    pub async fn snapshot(&self) {
+        let mut conn = self.conn().await;
+        let before: i64 = redis::cmd("LASTSAVE").query_async(&mut conn).await.unwrap();
+        // LASTSAVE has one-second resolution: make sure the new one differs.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let _: String = redis::cmd("BGSAVE").query_async(&mut conn).await.unwrap();
+        let started = Instant::now();
+        loop {
+            let last: i64 = redis::cmd("LASTSAVE").query_async(&mut conn).await.unwrap();
+            if last > before {
+                return;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "BGSAVE did not finish"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// SIGKILL, then a new server on the same port loading the last snapshot.
+    pub fn restart_from_snapshot(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.spawn();
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A second origin process on the same database, Redis, prefix and keys as another
+/// (two replicas behind one load balancer); killed on drop.
+pub struct Sibling {
+    child: Child,
+    pub base: String,
+    pub log: Log,
+}
+
+impl Origin {
+    pub async fn sibling(&self) -> Sibling {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let mut child = Command::new(env!("CARGO_BIN_EXE_origin"))
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env("LISTEN_ADDR", &addr)
+            .env("OPS_LISTEN_ADDR", format!("127.0.0.1:{}", free_port()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn a second origin");
+        let log = Log::default();
+        log.capture(child.stdout.take().unwrap());
+        log.capture(child.stderr.take().unwrap());
+        let base = format!("http://{addr}");
+        let started = Instant::now();
+        loop {
+            let up = self.http.get(format!("{base}/healthz")).send().await;
+            if matches!(&up, Ok(r) if r.status() == StatusCode::OK) {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30) && child.try_wait().unwrap().is_none(),
+                "the second origin did not start: {}",
+                log.text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Sibling { child, base, log }
+    }
+
+    /// Runs `origin check-consistency` with this origin's settings: (exit code, output).
+    pub fn check_consistency(&self) -> (i32, String) {
+        let output = Command::new(env!("CARGO_BIN_EXE_origin"))
+            .arg("check-consistency")
+            .env_clear()
+            .env("DATABASE_URL", &self.db.url)
+            .env("REDIS_URL", self.env("REDIS_URL").unwrap())
+            .env("REDIS_PREFIX", &self.prefix)
+            .env(
+                "ACCESS_TOKEN_TTL_SECS",
+                self.env("ACCESS_TOKEN_TTL_SECS").unwrap_or("900"),
+            )
+            .output()
+            .expect("run origin check-consistency");
+        (
+            output.status.code().unwrap_or(-1),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            ),
+        )
+    }
+}
+
+impl Drop for Sibling {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
