@@ -22,7 +22,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let content_type = CONTENT_TYPES[pick as usize % CONTENT_TYPES.len()];
-    let parsed = origin::extract::parse_bodies(content_type, body);
+    let parsed = origin::auth::bodies::parse_bodies(content_type, body);
     for refusal in [
         parsed.credentials.as_ref().err(),
         parsed.refresh.as_ref().err(),

@@ -106,8 +106,13 @@ async fn run(config: Config) -> Result<(), String> {
         });
     let (outbox_done, done_rows) = origin::publish::Done::channel();
     tokio::spawn(origin::publish::run_deleter(db.clone(), done_rows));
-    let state = AppState {
+    let publisher = origin::publish::Publisher::new(
+        store.clone(),
         outbox_done,
+        origin::publish::Lifetimes::from(&config),
+    );
+    let state = AppState {
+        publisher,
         db,
         throttle: Arc::new(Throttle::new(store.clone())),
         store,

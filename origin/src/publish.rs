@@ -20,7 +20,6 @@ use uuid::Uuid;
 use crate::config::Config;
 use crate::db;
 use crate::db::sessions::SessionRow;
-use crate::state::AppState;
 use crate::store::{NotBefore, Publication, Store};
 
 /// How long an outbox row waits for the origin that wrote it before any origin may
@@ -118,54 +117,70 @@ impl Done {
     }
 }
 
-/// Writes the sessions' new state to the store, after their commit: see the module
-/// documentation. Never fails the request: what did not reach the store stays in the
-/// outbox.
-pub async fn sessions(state: &AppState, rows: Vec<SessionRow>) {
-    publish(state, rows, None).await
+/// Writes what commits changed to the store (see the module documentation).
+#[derive(Clone)]
+pub struct Publisher {
+    store: Store,
+    done: Done,
+    lifetimes: Lifetimes,
 }
 
-/// Logout-everywhere's writes: the not-before first (it alone refuses every session,
-/// even one the rows missed), then the tombstones.
-pub async fn logout_all(
-    state: &AppState,
-    user_id: Uuid,
-    at: DateTime<Utc>,
-    outbox_id: i64,
-    rows: Vec<SessionRow>,
-) {
-    publish(state, rows, Some((user_id, at, outbox_id))).await
-}
+impl Publisher {
+    pub fn new(store: Store, done: Done, lifetimes: Lifetimes) -> Self {
+        Publisher {
+            store,
+            done,
+            lifetimes,
+        }
+    }
 
-async fn publish(state: &AppState, rows: Vec<SessionRow>, nbf: Option<(Uuid, DateTime<Utc>, i64)>) {
-    let store = state.store.clone();
-    let done = state.outbox_done.clone();
-    let lifetimes = Lifetimes::from(state.config.as_ref());
-    let task = tokio::spawn(async move {
-        if let Some((user_id, at, outbox_id)) = nbf {
-            match store
-                .publish_not_before(&not_before(user_id, at, &lifetimes))
-                .await
-            {
-                Ok(()) => done.mark(Some(outbox_id)),
-                Err(_) => {
-                    tracing::warn!(%user_id, "not-before not written; left to the outbox sweeper")
+    /// Writes the sessions' new state, after their commit. Never fails the request:
+    /// what did not reach the store stays in the outbox.
+    pub async fn sessions(&self, rows: Vec<SessionRow>) {
+        self.publish(rows, None).await
+    }
+
+    /// Logout-everywhere's writes: the not-before first (it alone refuses every
+    /// session, even one the rows missed), then the tombstones.
+    pub async fn logout_all(
+        &self,
+        user_id: Uuid,
+        at: DateTime<Utc>,
+        outbox_id: i64,
+        rows: Vec<SessionRow>,
+    ) {
+        self.publish(rows, Some((user_id, at, outbox_id))).await
+    }
+
+    async fn publish(&self, rows: Vec<SessionRow>, nbf: Option<(Uuid, DateTime<Utc>, i64)>) {
+        let this = self.clone();
+        let task = tokio::spawn(async move {
+            if let Some((user_id, at, outbox_id)) = nbf {
+                match this
+                    .store
+                    .publish_not_before(&not_before(user_id, at, &this.lifetimes))
+                    .await
+                {
+                    Ok(()) => this.done.mark(Some(outbox_id)),
+                    Err(_) => {
+                        tracing::warn!(%user_id, "not-before not written; left to the outbox sweeper")
+                    }
                 }
             }
-        }
-        let publications: Vec<Publication> = rows
-            .iter()
-            .map(|row| publication(row, &lifetimes))
-            .collect();
-        match store.publish(&publications).await {
-            Ok(()) => rows.iter().for_each(|row| done.mark(row.outbox_id)),
-            Err(_) => tracing::warn!(
-                sessions = rows.len(),
-                "session records not written; left to the outbox sweeper"
-            ),
-        }
-    });
-    let _ = task.await;
+            let publications: Vec<Publication> = rows
+                .iter()
+                .map(|row| publication(row, &this.lifetimes))
+                .collect();
+            match this.store.publish(&publications).await {
+                Ok(()) => rows.iter().for_each(|row| this.done.mark(row.outbox_id)),
+                Err(_) => tracing::warn!(
+                    sessions = rows.len(),
+                    "session records not written; left to the outbox sweeper"
+                ),
+            }
+        });
+        let _ = task.await;
+    }
 }
 
 /// Deletes done outbox rows, in batches (one statement per batch, not per request).

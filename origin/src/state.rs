@@ -26,8 +26,8 @@ pub struct AppState {
     pub throttle: Arc<Throttle>,
     pub config: Arc<Config>,
     pub fallback_limit: Arc<RateLimit>,
-    /// Outbox rows whose store writes are done, for the batched delete.
-    pub outbox_done: crate::publish::Done,
+    /// Writes what commits changed to the store.
+    pub publisher: crate::publish::Publisher,
     /// Keys derived from `EDGE_SECRET`, one per purpose; `None` without the edge.
     pub proof_keys: Option<Arc<ProofKeys>>,
     /// user id → username. Usernames never change, so the example API answers

@@ -17,7 +17,7 @@ use crate::metrics::{METRICS, Outcome};
 use crate::password::{MAX_PASSWORD_BYTES, Verified};
 use crate::state::AppState;
 use crate::throttle::{self, Key};
-use crate::{db, device, publish};
+use crate::{db, device};
 
 pub async fn login(
     State(state): State<AppState>,
@@ -137,6 +137,6 @@ async fn start_session(
     .await?;
     tracing::info!(%user_id, session_id = %row.id, "login");
     let response = issue(state, &row, &refresh)?;
-    publish::sessions(state, vec![row]).await;
+    state.publisher.sessions(vec![row]).await;
     Ok(response)
 }

@@ -6,9 +6,9 @@ use axum::http::StatusCode;
 use uuid::Uuid;
 
 use super::AuthSession;
+use crate::db;
 use crate::error::ApiResult;
 use crate::state::AppState;
-use crate::{db, publish};
 
 pub async fn logout(State(state): State<AppState>, auth: AuthSession) -> ApiResult<StatusCode> {
     revoke_session(&state, auth.user_id, auth.session_id, "logout").await?;
@@ -27,14 +27,17 @@ pub async fn revoke_session(
     let Some(row) = db::sessions::revoke(&state.db, user_id, session_id, reason).await? else {
         return Ok(false);
     };
-    publish::sessions(state, vec![row]).await;
+    state.publisher.sessions(vec![row]).await;
     Ok(true)
 }
 
 pub async fn logout_all(State(state): State<AppState>, auth: AuthSession) -> ApiResult<StatusCode> {
     let (at, outbox_id, sessions) = db::sessions::revoke_all(&state.db, auth.user_id).await?;
     let count = sessions.len();
-    publish::logout_all(&state, auth.user_id, at, outbox_id, sessions).await;
+    state
+        .publisher
+        .logout_all(auth.user_id, at, outbox_id, sessions)
+        .await;
     tracing::info!(user_id = %auth.user_id, sessions = count, "logout everywhere");
     Ok(StatusCode::NO_CONTENT)
 }

@@ -1,5 +1,6 @@
 //! Authentication endpoints and the extractors that authenticate requests.
 
+pub mod bodies;
 pub mod client;
 pub mod login;
 pub mod logout;

@@ -21,12 +21,12 @@ use serde_json::json;
 
 use super::tokens::RefreshToken;
 use super::{ClientInfo, TokenResponse, issue};
+use crate::db;
 use crate::db::sessions::{Presented, Rotation};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::Json;
 use crate::metrics::{Cause, METRICS, Outcome};
 use crate::state::AppState;
-use crate::{db, publish};
 
 #[derive(Deserialize)]
 pub struct RefreshRequest {
@@ -157,7 +157,7 @@ async fn exchange(
     };
     tx.commit().await?;
     let response = issue(state, &session, &refresh)?;
-    publish::sessions(state, vec![session]).await;
+    state.publisher.sessions(vec![session]).await;
     Ok(response)
 }
 
@@ -188,7 +188,7 @@ async fn reuse(
     tx.commit().await?;
     METRICS.reuse_detected.get_or_create(&Cause { cause }).inc();
     tracing::warn!(user_id = %session.user_id, session_id = %session.id, ip = %client.ip, cause, "refresh token reuse: session revoked");
-    publish::sessions(state, vec![session]).await;
+    state.publisher.sessions(vec![session]).await;
     Err(ApiError::InvalidGrant)
 }
 
