@@ -82,6 +82,24 @@ pub const CLEANUP_STATEMENTS: [(&str, &str); 6] = [
     ),
 ];
 
+/// Every query a timer runs, by name, with `$1` a number of seconds and `$2` a batch
+/// size: the cleanup, the outbox sweep's claim, and the rebuild's reads. Each must be
+/// served by an index however large the tables grow (`origin/tests/hardening.rs`
+/// checks the plans).
+pub fn periodic_queries() -> Vec<(&'static str, String)> {
+    let mut queries: Vec<(&'static str, String)> = CLEANUP_STATEMENTS
+        .iter()
+        .map(|(name, sql)| (*name, sql.to_string()))
+        .collect();
+    queries.push(("outbox sweep", db::outbox::CLAIM.to_string()));
+    queries.push(("rebuild: sessions", db::sessions::publishable_sql()));
+    queries.push((
+        "rebuild: not-befores",
+        db::sessions::RECENT_NOT_BEFORES.to_string(),
+    ));
+    queries
+}
+
 /// Deletes what has outlived its retention, in batches, and erases sealed successors
 /// past the grace window. Returns the rows touched per statement.
 pub async fn cleanup(

@@ -540,3 +540,31 @@ async fn introspect_and_revoke_require_client_auth() {
         "a revoked refresh token is inactive"
     );
 }
+
+/// Expected: every query a timer runs (cleanup, outbox sweep, rebuild) is served by an
+/// index, so its cost follows what it touches, not the size of the tables. With
+/// sequential scans priced out, a plan that still holds a `Seq Scan` has no index to
+/// use. The plans are printed (`-- --nocapture`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_periodic_query_is_served_by_an_index() {
+    let origin = Origin::start().await;
+    let mut tx = origin.pg.begin().await.unwrap();
+    sqlx::query("set local enable_seqscan = off")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let mut failures = Vec::new();
+    for (name, sql) in origin::tasks::periodic_queries() {
+        let sql = sql.replace("$1", "3600").replace("$2", "1000");
+        let plan: Vec<String> = sqlx::query_scalar(&format!("explain {sql}"))
+            .fetch_all(&mut *tx)
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let plan = plan.join("\n");
+        eprintln!("EXPLAIN {name}:\n{plan}\n");
+        if plan.contains("Seq Scan") {
+            failures.push(name);
+        }
+    }
+    assert!(failures.is_empty(), "sequential scans in: {failures:?}");
+}

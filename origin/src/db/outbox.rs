@@ -13,6 +13,11 @@ pub struct Row {
     pub session_id: Option<Uuid>,
 }
 
+/// The SQL of [`claim`] (`$1`: seconds, `$2`: how many).
+pub const CLAIM: &str = "select id, user_id, session_id from store_outbox \
+     where created_at < now() - make_interval(secs => $1) \
+     order by id limit $2 for update skip locked";
+
 /// Locks up to `limit` rows older than `older_than_secs` that no other origin holds
 /// (`skip locked`): the origin that committed them normally finishes them first.
 pub async fn claim(
@@ -20,15 +25,11 @@ pub async fn claim(
     older_than_secs: u64,
     limit: i64,
 ) -> sqlx::Result<Vec<Row>> {
-    sqlx::query_as(
-        "select id, user_id, session_id from store_outbox \
-         where created_at < now() - make_interval(secs => $1) \
-         order by id limit $2 for update skip locked",
-    )
-    .bind(older_than_secs as f64)
-    .bind(limit)
-    .fetch_all(tx)
-    .await
+    sqlx::query_as(CLAIM)
+        .bind(older_than_secs as f64)
+        .bind(limit)
+        .fetch_all(tx)
+        .await
 }
 
 /// Deletes finished rows. Without waiting for the commit to reach the disk: a row

@@ -353,30 +353,37 @@ pub async fn by_ids(db: &mut PgConnection, ids: &[Uuid]) -> sqlx::Result<Vec<Ses
 /// rebuild: the active ones whose last access token plus `horizon_secs` has not run
 /// out, and those revoked within `horizon_secs` (each query on its own index).
 pub async fn publishable(db: &PgPool, horizon_secs: u64) -> sqlx::Result<Vec<SessionRow>> {
-    sqlx::query_as(&format!(
+    sqlx::query_as(&publishable_sql())
+        .bind(horizon_secs as f64)
+        .fetch_all(db)
+        .await
+}
+
+/// The SQL of [`publishable`] (`$1`: the horizon in seconds).
+pub fn publishable_sql() -> String {
+    format!(
         "select {COLUMNS}, null::bigint as outbox_id from session s \
          where s.revoked_at is null and s.access_expires_at > now() - make_interval(secs => $1) \
            and s.expires_at > now() \
          union all \
          select {COLUMNS}, null::bigint as outbox_id from session s \
          where s.revoked_at > now() - make_interval(secs => $1)"
-    ))
-    .bind(horizon_secs as f64)
-    .fetch_all(db)
-    .await
+    )
 }
+
+/// The SQL of [`recent_not_befores`] (`$1`: the horizon in seconds).
+pub const RECENT_NOT_BEFORES: &str = "select id, sessions_not_before from app_user \
+     where sessions_not_before > now() - make_interval(secs => $1)";
 
 /// Users whose logout-everywhere is recent enough that tokens from before it may live.
 pub async fn recent_not_befores(
     db: &PgPool,
     horizon_secs: u64,
 ) -> sqlx::Result<Vec<(Uuid, DateTime<Utc>)>> {
-    sqlx::query_as(
-        "select id, sessions_not_before from app_user where sessions_not_before > now() - make_interval(secs => $1)",
-    )
-    .bind(horizon_secs as f64)
-    .fetch_all(db)
-    .await
+    sqlx::query_as(RECENT_NOT_BEFORES)
+        .bind(horizon_secs as f64)
+        .fetch_all(db)
+        .await
 }
 
 /// A user's not-before, for finishing an outbox row.
