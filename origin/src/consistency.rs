@@ -301,21 +301,16 @@ pub async fn check(
     let not_befores = scan(redis, &format!("{}nbf:*", glob_escape(prefix)))
         .await
         .map_err(|e| format!("reading not-befores from Redis: {e}"))?;
-    let mut pipe = redis::pipe();
+    let mut cmd = redis::cmd("EVAL");
+    cmd.arg(crate::store::FRESHNESS_READ).arg(PARTITIONS);
     for partition in 0..PARTITIONS {
-        pipe.cmd("EVAL")
-            .arg(crate::store::FRESHNESS_READ)
-            .arg(1)
-            .arg(partition_freshness_key(prefix, partition));
+        cmd.arg(partition_freshness_key(prefix, partition));
     }
-    let markers: Vec<(String, String)> = pipe
+    let (_run_id, stale_partitions): (String, Vec<u16>) = cmd
         .query_async(redis)
         .await
         .map_err(|e| format!("reading the freshness markers from Redis: {e}"))?;
-    let stale = markers
-        .iter()
-        .filter(|(run_id, marker)| run_id.is_empty() || marker != run_id)
-        .count();
+    let stale = stale_partitions.len();
     let pending = crate::db::outbox::pending(db, SLACK_SECS as u64)
         .await
         .map_err(|e| format!("reading the outbox from Postgres: {e}"))?;

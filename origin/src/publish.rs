@@ -3,9 +3,9 @@
 //! A change to a session commits first, with its outbox row (`crate::db::sessions`),
 //! and only then goes to the store: no row lock or pool connection is held while Redis
 //! or the KV push is slow, and the versions order the writes, so publishing after the
-//! commit cannot undo a later revocation. The write runs in a task of its own, which a
-//! client hanging up cannot cancel, and the response waits for it, so in the normal
-//! case the edge sees the change before the client does. Once it is done the outbox
+//! commit cannot undo a later revocation. The response waits for the write, so in the
+//! normal case the edge sees the change before the client does; a client hanging up
+//! meanwhile cannot cancel it (a guard hands it to a task of its own). Once it is done the outbox
 //! row goes (in batches); if it failed, or the origin died first, the row stays and
 //! [`sweep`] (every origin runs it) finishes it from what Postgres says then.
 
@@ -153,33 +153,57 @@ impl Publisher {
     }
 
     async fn publish(&self, rows: Vec<SessionRow>, nbf: Option<(Uuid, DateTime<Utc>, i64)>) {
-        let this = self.clone();
-        let task = tokio::spawn(async move {
-            if let Some((user_id, at, outbox_id)) = nbf {
-                match this
-                    .store
-                    .publish_not_before(&not_before(user_id, at, &this.lifetimes))
-                    .await
-                {
-                    Ok(()) => this.done.mark(Some(outbox_id)),
-                    Err(_) => {
-                        tracing::warn!(%user_id, "not-before not written; left to the outbox sweeper")
-                    }
+        // Written here, in the request, in the normal case (no task to spawn and wake:
+        // this runs on every login and refresh). If the request is dropped first (the
+        // client hung up), the guard hands the writes to a task of their own.
+        let mut guard = Unfinished(Some((self.clone(), rows, nbf)));
+        let (this, rows, nbf) = guard.0.as_ref().expect("set above");
+        this.write(rows, *nbf).await;
+        guard.0 = None;
+    }
+
+    async fn write(&self, rows: &[SessionRow], nbf: Option<(Uuid, DateTime<Utc>, i64)>) {
+        if let Some((user_id, at, outbox_id)) = nbf {
+            match self
+                .store
+                .publish_not_before(&not_before(user_id, at, &self.lifetimes))
+                .await
+            {
+                Ok(()) => self.done.mark(Some(outbox_id)),
+                Err(_) => {
+                    tracing::warn!(%user_id, "not-before not written; left to the outbox sweeper")
                 }
             }
-            let publications: Vec<Publication> = rows
-                .iter()
-                .map(|row| publication(row, &this.lifetimes))
-                .collect();
-            match this.store.publish(&publications).await {
-                Ok(()) => rows.iter().for_each(|row| this.done.mark(row.outbox_id)),
-                Err(_) => tracing::warn!(
-                    sessions = rows.len(),
-                    "session records not written; left to the outbox sweeper"
-                ),
-            }
-        });
-        let _ = task.await;
+        }
+        let publications: Vec<Publication> = rows
+            .iter()
+            .map(|row| publication(row, &self.lifetimes))
+            .collect();
+        match self.store.publish(&publications).await {
+            Ok(()) => rows.iter().for_each(|row| self.done.mark(row.outbox_id)),
+            Err(_) => tracing::warn!(
+                sessions = rows.len(),
+                "session records not written; left to the outbox sweeper"
+            ),
+        }
+    }
+}
+
+type Writes = (
+    Publisher,
+    Vec<SessionRow>,
+    Option<(Uuid, DateTime<Utc>, i64)>,
+);
+
+/// Writes not yet finished when the request's future is dropped: finished by a task.
+/// (Every write is versioned, so starting one over changes nothing.)
+struct Unfinished(Option<Writes>);
+
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        if let Some((publisher, rows, nbf)) = self.0.take() {
+            tokio::spawn(async move { publisher.write(&rows, nbf).await });
+        }
     }
 }
 

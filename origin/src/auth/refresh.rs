@@ -1,16 +1,15 @@
 //! `POST /auth/refresh`: rotation with reuse detection (DESIGN.md §2).
 //!
-//! Every refresh of a session runs under row locks on that session and on the
-//! presented token, taken in Postgres, so concurrent refreshes, on one origin or
-//! several, queue and exactly one rotates (`crate::db::sessions::lock_by_token`). The
-//! others then find the token they sent already rotated; inside the grace window they
-//! get the successor the winner created (unsealed with the token they hold), so a lost
-//! response or two tabs never look like theft. Any other use of a rotated token
-//! revokes the session, commits that, and only then answers 401.
-//!
-//! What to do with a presented token is decided by [`judge`], a plain function of
-//! the locked rows; the handler does the I/O around it. The store write follows the
-//! commit (`crate::publish`): no lock is held while Redis or the edge is slow.
+//! The common case, the current token of an active session, is one statement
+//! (`crate::db::sessions::rotate_current`): its update of the token row takes that
+//! row's lock, so of concurrent presentations of one token, on one origin or several,
+//! exactly one rotates. Anything else is decided under row locks on the session and
+//! the token (`crate::db::sessions::lock_by_token`), by [`judge`], a plain function of
+//! the locked rows: a rotated token inside the grace window gets the successor the
+//! winner created (unsealed with the token it holds), so a lost response or two tabs
+//! never look like theft; any other use of a rotated token revokes the session,
+//! commits that, and only then answers 401. The store write follows the commit
+//! (`crate::publish`): no lock is held while Redis or the edge is slow.
 
 use std::time::Instant;
 
@@ -104,6 +103,30 @@ async fn exchange(
 ) -> ApiResult<TokenResponse> {
     let token = RefreshToken::parse(presented).ok_or(ApiError::InvalidGrant)?;
     let config = &state.config;
+    let ip = client.ip.to_string();
+    // The common case, the current token of an active session, in one statement.
+    let successor = RefreshToken::generate();
+    let rotation = Rotation {
+        ip: &ip,
+        user_agent: client.user_agent.as_deref(),
+        sealed_successor: token.seal(&successor),
+        successor_id: uuid::Uuid::new_v4(),
+        successor_hash: successor.hash(),
+    };
+    if let Some(session) = db::sessions::rotate_current(
+        &state.db,
+        &token.hash(),
+        &rotation,
+        config.session_idle_ttl_secs,
+        config.access_token_ttl_secs,
+    )
+    .await?
+    {
+        let response = issue(state, &session, &successor)?;
+        state.publisher.sessions(vec![session]).await;
+        return Ok(response);
+    }
+    // Anything else (a retry, a reuse, an invalid token) is decided under the locks.
     let mut tx = state.db.begin().await?;
     let Some(row) = db::sessions::lock_by_token(&mut tx, &token.hash()).await? else {
         return Err(ApiError::InvalidGrant);
@@ -117,14 +140,8 @@ async fn exchange(
     let (session, refresh) = match verdict {
         Verdict::Invalid => return Err(ApiError::InvalidGrant),
         Verdict::Current => {
-            let successor = RefreshToken::generate();
-            let rotation = Rotation {
-                ip: &client.ip.to_string(),
-                user_agent: client.user_agent.as_deref(),
-                sealed_successor: token.seal(&successor),
-                successor_id: uuid::Uuid::new_v4(),
-                successor_hash: successor.hash(),
-            };
+            // Current now though the statement above found it not (it raced a change
+            // of the session): rotate under the locks.
             let rotated = db::sessions::rotate(
                 &mut tx,
                 row.token_id,

@@ -71,6 +71,53 @@ pub async fn create(
     .await
 }
 
+/// The common refresh in one statement, outside any transaction: if `token_hash` is
+/// its session's current token and the session is active (not revoked, not past its
+/// absolute or idle end), rotates it (as [`rotate`] does) and returns the session.
+/// `None` otherwise: a rotated token (a retry or a reuse), or anything invalid, which
+/// the caller decides under [`lock_by_token`]'s locks.
+///
+/// One winner among concurrent presentations of one token: the first `update` takes
+/// the token row's lock; the others wait, re-check `rotated_at is null` against the
+/// committed row and update nothing. A logout committing meanwhile makes the session
+/// update find the row revoked and write nothing; the token claim alone is harmless
+/// (the session is dead) and the caller finds it so.
+pub async fn rotate_current(
+    db: &PgPool,
+    token_hash: &[u8],
+    rotation: &Rotation<'_>,
+    idle_ttl_secs: u64,
+    access_ttl_secs: u64,
+) -> sqlx::Result<Option<SessionRow>> {
+    sqlx::query_as(&format!(
+        "with claimed as ( \
+             update refresh_token t set rotated_at = now(), rotated_ip = $2, rotated_user_agent = $3, child_sealed = $4 \
+             from session s \
+             where t.token_hash = $1 and t.rotated_at is null and s.id = t.session_id \
+               and s.revoked_at is null and s.expires_at > now() \
+               and s.last_used_at + make_interval(secs => $7) > now() \
+             returning t.session_id), \
+         child as ( \
+             insert into refresh_token (id, session_id, token_hash) select $5, session_id, $6 from claimed), \
+         s as ( \
+             update session set last_used_at = now(), access_expires_at = now() + make_interval(secs => $8), \
+                                version = version + 1 \
+             where id in (select session_id from claimed) and revoked_at is null returning *), \
+         o as (insert into store_outbox (user_id, session_id) select user_id, id from s returning id) \
+         select {COLUMNS}, (select id from o) as outbox_id from s"
+    ))
+    .bind(token_hash)
+    .bind(rotation.ip)
+    .bind(rotation.user_agent)
+    .bind(&rotation.sealed_successor)
+    .bind(rotation.successor_id)
+    .bind(&rotation.successor_hash)
+    .bind(idle_ttl_secs as f64)
+    .bind(access_ttl_secs as f64)
+    .fetch_optional(db)
+    .await
+}
+
 /// A presented refresh token with its session, both rows locked.
 #[derive(Debug, sqlx::FromRow)]
 pub struct Presented {
