@@ -53,7 +53,9 @@ pub fn random_hex() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// A child process whose output is kept, killed on drop.
+/// A child process whose output is kept, killed on drop with every process it
+/// started (its own process group: `wrangler dev` starts workerd and esbuild, which
+/// would otherwise outlive it).
 pub struct Process {
     pub name: &'static str,
     child: Option<Child>,
@@ -62,7 +64,9 @@ pub struct Process {
 
 impl Process {
     pub fn spawn(name: &'static str, mut command: Command) -> Process {
+        use std::os::unix::process::CommandExt as _;
         let mut child = command
+            .process_group(0)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -99,8 +103,11 @@ impl Process {
         String::from_utf8_lossy(&self.log.lock().unwrap()).into_owned()
     }
 
+    /// SIGKILL to the whole process group, then reaps the child.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
+            // SAFETY: kill(2) on our own child's process group with a valid signal.
+            unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
             let _ = child.kill();
             let _ = child.wait();
         }
@@ -896,8 +903,23 @@ impl Drop for Stack {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
+        delete_redis_prefix(&self.redis_url, &self.prefix);
         let _ = &self.dir;
     }
+}
+
+/// Deletes every key under `prefix` (best effort, with `redis-cli`, which comes with
+/// `redis-server`): the partition markers never expire, and a shared Redis would
+/// otherwise keep a thousand keys per test run.
+pub fn delete_redis_prefix(redis_url: &str, prefix: &str) {
+    let script = format!(
+        "redis-cli -u {redis_url} --scan --pattern '{prefix}*' | xargs -r -n 500 redis-cli -u {redis_url} del >/dev/null"
+    );
+    let _ = Command::new("sh")
+        .args(["-c", &script])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
 }
 
 fn spawn_origin(env: &[(String, String)]) -> Process {
