@@ -30,9 +30,7 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 
 use chrono::{DateTime, Utc};
-use shared::session::{
-    PARTITIONS, Stored, partition_freshness_key, session_key, user_not_before_key,
-};
+use shared::session::{PARTITIONS, Stored, session_key, user_not_before_key};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -301,16 +299,22 @@ pub async fn check(
     let not_befores = scan(redis, &format!("{}nbf:*", glob_escape(prefix)))
         .await
         .map_err(|e| format!("reading not-befores from Redis: {e}"))?;
-    let mut cmd = redis::cmd("EVAL");
-    cmd.arg(crate::store::FRESHNESS_READ).arg(PARTITIONS);
-    for partition in 0..PARTITIONS {
-        cmd.arg(partition_freshness_key(prefix, partition));
-    }
-    let (_run_id, stale_partitions): (String, Vec<u16>) = cmd
+    let (info, mget) = crate::store::marker_reads(prefix);
+    let info: String = info
+        .query_async(redis)
+        .await
+        .map_err(|e| format!("reading Redis's run id: {e}"))?;
+    let run_id = crate::store::run_id(&info);
+    let markers: Vec<Option<String>> = mget
         .query_async(redis)
         .await
         .map_err(|e| format!("reading the freshness markers from Redis: {e}"))?;
-    let stale = stale_partitions.len();
+    let stale = markers
+        .iter()
+        .filter(|marker| run_id.is_empty() || marker.as_deref() != Some(run_id.as_str()))
+        .count()
+        + PARTITIONS as usize
+        - markers.len();
     let pending = crate::db::outbox::pending(db, SLACK_SECS as u64)
         .await
         .map_err(|e| format!("reading the outbox from Postgres: {e}"))?;

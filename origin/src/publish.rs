@@ -207,13 +207,16 @@ impl Drop for Unfinished {
     }
 }
 
-/// Deletes done outbox rows, in batches (one statement per batch, not per request).
+/// Deletes done outbox rows, in batches: at most one transaction a second, however
+/// many logins and refreshes there were (not one per request: each would be a
+/// transaction on the database the design keeps for logins and refreshes). A second
+/// is well inside [`SWEEP_AFTER_SECS`], so the sweeper rarely sees a done row.
 pub async fn run_deleter(db: PgPool, mut done: mpsc::UnboundedReceiver<i64>) {
     let mut batch = Vec::new();
     while let Some(id) = done.recv().await {
         batch.push(id);
-        // Whatever else arrived meanwhile joins this batch.
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Whatever else arrives within the second joins this batch.
+        tokio::time::sleep(Duration::from_secs(1)).await;
         while let Ok(id) = done.try_recv() {
             batch.push(id);
         }

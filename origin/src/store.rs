@@ -25,10 +25,20 @@ use crate::metrics::METRICS;
 /// Budget of one Redis operation, connection included.
 const TIMEOUT: Duration = Duration::from_millis(500);
 
-/// After a failure, calls fail at once for this long instead of each waiting out its
-/// budget: with Redis down, a login would otherwise spend seconds on budgets (throttle,
-/// publish) before its fallbacks answer. Background tasks probe again after it.
+/// When Redis is unreachable (a refused or dropped connection, or this many timeouts
+/// in a row), calls fail at once for [`BREAK_FOR`] instead of each waiting out its
+/// budget: with Redis down, a login would otherwise spend seconds on budgets
+/// (throttle, publish) before its fallbacks answer. One slow answer on a busy machine
+/// does not trip it: that would turn one hiccup into a second of fallbacks.
+const TRIP_AFTER_TIMEOUTS: u32 = 3;
 const BREAK_FOR: Duration = Duration::from_secs(1);
+
+/// The breaker's state: timeouts in a row, and until when calls fail at once.
+#[derive(Default)]
+struct Breaker {
+    timeouts: u32,
+    open_until: Option<std::time::Instant>,
+}
 
 /// Writes a record or tombstone (KEYS[1]) only if its version (ARGV[1]) is newer than
 /// the stored one, expiring at ARGV[3] (Unix ms). A value that does not decode (an
@@ -64,21 +74,6 @@ redis.call('SET', KEYS[1], ARGV[1], 'PXAT', at)
 return 1
 "#;
 
-/// The run id of the server holding the freshness markers KEYS (all on that server),
-/// and the positions (from 0) of those that do not hold it. Every start of a Redis
-/// server, and every failover to another, changes the run id: a marker written under
-/// another one cannot vouch for what this server holds. One call for many markers
-/// (`allow-cross-slot-keys`: they may be in different slots of one node); read-only
-/// (`no-writes`), so it runs while writes are paused.
-pub(crate) const FRESHNESS_READ: &str = r#"#!lua flags=no-writes,allow-cross-slot-keys
-local run_id = string.match(redis.call('INFO', 'server'), 'run_id:(%w+)')
-local stale = {}
-for i, key in ipairs(KEYS) do
-  if redis.call('GET', key) ~= run_id then stale[#stale + 1] = i - 1 end
-end
-return {run_id, stale}
-"#;
-
 /// Starts a rebuild of a partition: unless its marker KEYS[1] vouches for this server
 /// already (another origin rebuilt it meanwhile), replaces it by a placeholder naming
 /// this rebuild (`~` and ARGV[1]), which no reader takes for fresh. Returns 1 when a
@@ -104,6 +99,29 @@ return 1
 
 #[derive(Debug)]
 pub struct StoreError;
+
+/// How the freshness markers are read: `INFO server` (for the server's run id), then
+/// every partition's marker in one `MGET`. Not one script: a script touches one hash
+/// tag only (Redis Cluster). A failover between the two reads makes one look see
+/// fresh markers; the next, a second later, sees the new run id.
+pub(crate) fn marker_reads(prefix: &str) -> (redis::Cmd, redis::Cmd) {
+    let mut info = redis::cmd("INFO");
+    info.arg("server");
+    let mut mget = redis::cmd("MGET");
+    for partition in 0..PARTITIONS {
+        mget.arg(partition_freshness_key(prefix, partition));
+    }
+    (info, mget)
+}
+
+/// The run id in an `INFO server` answer ("" if none).
+pub(crate) fn run_id(info: &str) -> String {
+    info.lines()
+        .find_map(|line| line.strip_prefix("run_id:"))
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
 
 /// One conditional write of a session's key: its record or its tombstone.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -140,8 +158,8 @@ pub struct Freshness {
 pub struct Store {
     client: redis::Client,
     conn: std::sync::Arc<OnceCell<ConnectionManager>>,
-    /// Until when calls fail at once (the breaker, see [`BREAK_FOR`]).
-    broken_until: std::sync::Arc<std::sync::Mutex<Option<std::time::Instant>>>,
+    /// When calls fail at once (see [`BREAK_FOR`]).
+    breaker: std::sync::Arc<std::sync::Mutex<Breaker>>,
     prefix: String,
     scripts: std::sync::Arc<Scripts>,
     kv: Option<KvSync>,
@@ -204,7 +222,7 @@ impl Store {
         Ok(Store {
             client,
             conn: Default::default(),
-            broken_until: Default::default(),
+            breaker: Default::default(),
             prefix,
             scripts: std::sync::Arc::new(Scripts {
                 put_if_newer: redis::Script::new(PUT_IF_NEWER),
@@ -232,29 +250,46 @@ impl Store {
             .get_or_try_init(|| ConnectionManager::new_with_config(self.client.clone(), config));
         match tokio::time::timeout(TIMEOUT, init).await {
             Ok(Ok(conn)) => Ok(conn.clone()),
-            _ => Err(self.failed("connect")),
+            _ => Err(self.failed("connect", true)),
         }
     }
 
-    fn failed(&self, what: &'static str) -> StoreError {
+    /// Counts a failure; `unreachable` (no connection) opens the breaker at once,
+    /// timeouts only after [`TRIP_AFTER_TIMEOUTS`] in a row.
+    fn failed(&self, what: &'static str, unreachable: bool) -> StoreError {
         METRICS.redis_errors.inc();
-        let mut until = self.broken_until.lock().unwrap_or_else(|e| e.into_inner());
-        if until.is_none_or(|t| t <= std::time::Instant::now()) {
-            tracing::warn!(
-                operation = what,
-                "redis unavailable; failing fast for {BREAK_FOR:?}"
-            );
+        let mut breaker = self.breaker.lock().unwrap_or_else(|e| e.into_inner());
+        breaker.timeouts += u32::from(!unreachable);
+        if unreachable || breaker.timeouts >= TRIP_AFTER_TIMEOUTS {
+            let now = std::time::Instant::now();
+            if breaker.open_until.is_none_or(|t| t <= now) {
+                tracing::warn!(
+                    operation = what,
+                    "redis unavailable; failing fast for {BREAK_FOR:?}"
+                );
+            }
+            breaker.open_until = Some(now + BREAK_FOR);
+            breaker.timeouts = 0;
+        } else {
+            tracing::debug!(operation = what, "redis call failed or timed out");
         }
-        *until = Some(std::time::Instant::now() + BREAK_FOR);
         StoreError
     }
 
-    /// Whether the breaker is open: a recent failure, so fail at once.
+    /// Whether the breaker is open, so calls fail at once.
     fn broken(&self) -> bool {
-        self.broken_until
+        self.breaker
             .lock()
             .unwrap_or_else(|e| e.into_inner())
+            .open_until
             .is_some_and(|t| t > std::time::Instant::now())
+    }
+
+    fn succeeded(&self) {
+        let mut breaker = self.breaker.lock().unwrap_or_else(|e| e.into_inner());
+        if breaker.timeouts != 0 {
+            breaker.timeouts = 0;
+        }
     }
 
     /// Runs one Redis operation on the shared connection within the time budget;
@@ -270,8 +305,17 @@ impl Store {
         }
         let mut conn = self.conn().await?;
         match tokio::time::timeout(TIMEOUT, op(&mut conn)).await {
-            Ok(Ok(value)) => Ok(value),
-            _ => Err(self.failed(what)),
+            Ok(Ok(value)) => {
+                self.succeeded();
+                Ok(value)
+            }
+            Ok(Err(error)) => {
+                let unreachable = error.is_connection_refusal()
+                    || error.is_connection_dropped()
+                    || error.is_io_error();
+                Err(self.failed(what, unreachable))
+            }
+            Err(_) => Err(self.failed(what, false)),
         }
     }
 
@@ -390,17 +434,15 @@ impl Store {
     /// Reads every partition's marker against the run id of the server holding it,
     /// in one pipeline.
     pub async fn freshness(&self) -> Result<Vec<Freshness>, StoreError> {
-        let mut cmd = redis::cmd("EVAL");
-        cmd.arg(FRESHNESS_READ).arg(PARTITIONS);
-        for partition in 0..PARTITIONS {
-            cmd.arg(partition_freshness_key(&self.prefix, partition));
-        }
-        let (run_id, stale): (String, Vec<u16>) = self.run("freshness read", &cmd).await?;
-        let stale: std::collections::HashSet<u16> = stale.into_iter().collect();
-        Ok((0..PARTITIONS)
-            .map(|partition| Freshness {
+        let (info, mget) = marker_reads(&self.prefix);
+        let run_id = run_id(&self.run::<String>("freshness read", &info).await?);
+        let markers: Vec<Option<String>> = self.run("freshness read", &mget).await?;
+        Ok(markers
+            .into_iter()
+            .zip(0..PARTITIONS)
+            .map(|(marker, partition)| Freshness {
                 partition,
-                fresh: !run_id.is_empty() && !stale.contains(&partition),
+                fresh: !run_id.is_empty() && marker.as_deref() == Some(run_id.as_str()),
                 run_id: run_id.clone(),
             })
             .collect())
