@@ -484,6 +484,10 @@ impl Bench {
                 starts.push(self.login("bench-user").await.1);
             }
             let file = self.file(&format!("refresh-{connections}.txt"), &starts);
+            // Statistics as a database in service has them (autovacuum keeps them):
+            // a fresh database's planner takes the session table for a few rows and
+            // plans a scan of every active session per refresh.
+            psql(&self.stack.database_url, "analyze");
             self.reset_statements().await;
             let sampler = procfs::RssSampler::start(self.origin_pid());
             let run = self.wrk(
@@ -719,6 +723,7 @@ impl Bench {
                 last = clients - 1
             ),
         );
+        psql(&self.stack.database_url, "analyze");
         let script = self.settings.root.join("bench/pgbench-refresh.sql");
         let output = Command::new("pgbench")
             .args(["-n", "-M", "prepared", "-j", "2"])

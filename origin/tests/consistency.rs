@@ -7,26 +7,6 @@ mod common;
 use common::Origin;
 use reqwest::StatusCode;
 
-/// Runs the subcommand against this origin's database, Redis and prefix.
-fn check(origin: &Origin) -> (i32, String) {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_origin"))
-        .arg("check-consistency")
-        .env_clear()
-        .env("DATABASE_URL", &origin.db.url)
-        .env("REDIS_URL", common::redis_url())
-        .env("REDIS_PREFIX", &origin.prefix)
-        .output()
-        .expect("run origin check-consistency");
-    (
-        output.status.code().unwrap_or(-1),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        ),
-    )
-}
-
 async fn redis(origin: &Origin, args: &[&str]) -> redis::Value {
     let mut conn = origin.redis.clone();
     let mut cmd = redis::cmd(args[0]);
@@ -52,7 +32,7 @@ async fn check_consistency_agrees_on_a_healthy_store_and_names_each_planted_disa
     // finish before judging.
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
 
-    let (code, report) = check(&origin);
+    let (code, report) = origin.check_consistency();
     assert_eq!(code, 0, "healthy store: {report}");
     assert!(report.contains("they agree"), "{report}");
     assert!(
@@ -78,7 +58,7 @@ async fn check_consistency_agrees_on_a_healthy_store_and_names_each_planted_disa
     .await;
     redis(&origin, &["PERSIST", &kept_key]).await;
 
-    let (code, report) = check(&origin);
+    let (code, report) = origin.check_consistency();
     assert_eq!(code, 1, "{report}");
     for expected in [
         format!(
@@ -102,7 +82,7 @@ async fn check_consistency_agrees_on_a_healthy_store_and_names_each_planted_disa
     // A partition without its freshness marker is reported too.
     let marker = shared::session::freshness_key(&origin.prefix, &kept.sub());
     redis(&origin, &["RENAME", &marker, &format!("{marker}-aside")]).await;
-    let (_, report) = check(&origin);
+    let (_, report) = origin.check_consistency();
     assert!(
         report.contains("1 of 1024 partitions have no freshness marker"),
         "{report}"
@@ -125,7 +105,7 @@ async fn check_consistency_agrees_on_a_healthy_store_and_names_each_planted_disa
         .await;
     }
     tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
-    let (code, report) = check(&origin);
+    let (code, report) = origin.check_consistency();
     assert_eq!(code, 1, "{report}");
     assert!(
         report.contains("2 disagreements")
@@ -135,7 +115,7 @@ async fn check_consistency_agrees_on_a_healthy_store_and_names_each_planted_disa
     );
     redis(&origin, &["DEL", &unknown_key]).await;
     redis(&origin, &["EXPIRE", &kept_key, "600"]).await;
-    let (code, report) = check(&origin);
+    let (code, report) = origin.check_consistency();
     assert_eq!(code, 0, "after the rebuild: {report}");
     eprintln!("check-consistency after repair: {}", report.trim());
     origin.kill();
