@@ -234,6 +234,12 @@ pub async fn run_deleter(db: PgPool, mut done: mpsc::UnboundedReceiver<i64>) {
 /// write them or died. Writes what Postgres says about each session or user now, so
 /// the newest state lands whatever was pending. Returns how many rows it finished.
 pub async fn sweep(db: &PgPool, store: &Store, lifetimes: &Lifetimes) -> Result<usize, String> {
+    if !db::outbox::any_waiting(db, SWEEP_AFTER_SECS)
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        return Ok(0);
+    }
     let mut tx = db.begin().await.map_err(|e| e.to_string())?;
     let rows = db::outbox::claim(&mut tx, SWEEP_AFTER_SECS, 500)
         .await

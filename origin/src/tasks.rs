@@ -91,7 +91,8 @@ pub fn periodic_queries() -> Vec<(&'static str, String)> {
         .iter()
         .map(|(name, sql)| (*name, sql.to_string()))
         .collect();
-    queries.push(("outbox sweep", db::outbox::CLAIM.to_string()));
+    queries.push(("outbox sweep: a look", db::outbox::ANY_WAITING.to_string()));
+    queries.push(("outbox sweep: the claim", db::outbox::CLAIM.to_string()));
     queries.push(("rebuild: sessions", db::sessions::publishable_sql()));
     queries.push((
         "rebuild: not-befores",

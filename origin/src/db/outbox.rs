@@ -13,6 +13,21 @@ pub struct Row {
     pub session_id: Option<Uuid>,
 }
 
+/// The SQL of [`any_waiting`] (`$1`: seconds): the oldest row by id, one index read.
+pub const ANY_WAITING: &str = "select coalesce((select created_at from store_outbox \
+     order by id limit 1) < now() - make_interval(secs => $1), false)";
+
+/// Whether the oldest row has waited longer than `older_than_secs`: one statement,
+/// outside any transaction, for the sweep's look every second (nearly always false).
+/// Ids follow insertion, so the first row is the oldest, give or take the few
+/// milliseconds between two transactions' starts: a row is at most a look late.
+pub async fn any_waiting(db: &PgPool, older_than_secs: u64) -> sqlx::Result<bool> {
+    sqlx::query_scalar(ANY_WAITING)
+        .bind(older_than_secs as f64)
+        .fetch_one(db)
+        .await
+}
+
 /// The SQL of [`claim`] (`$1`: seconds, `$2`: how many).
 pub const CLAIM: &str = "select id, user_id, session_id from store_outbox \
      where created_at < now() - make_interval(secs => $1) \
