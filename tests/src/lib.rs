@@ -128,20 +128,27 @@ impl Drop for Process {
 
 /// Waits until `url` answers 200, or panics with the process's log.
 pub async fn wait_healthy(process: &mut Process, url: &str, timeout: Duration) {
+    if !became_healthy(process, url, timeout).await {
+        panic!(
+            "{} did not become healthy at {url}:\n{}",
+            process.name,
+            process.log()
+        );
+    }
+}
+
+/// Whether `url` answers 200 within `timeout`; false as soon as the process exits.
+pub async fn became_healthy(process: &mut Process, url: &str, timeout: Duration) -> bool {
     let http = reqwest::Client::new();
     let started = Instant::now();
     loop {
         if let Ok(r) = http.get(url).timeout(Duration::from_secs(2)).send().await
             && r.status().is_success()
         {
-            return;
+            return true;
         }
         if process.exited() || started.elapsed() > timeout {
-            panic!(
-                "{} did not become healthy at {url}:\n{}",
-                process.name,
-                process.log()
-            );
+            return false;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -221,6 +228,7 @@ pub struct Seen {
     pub method: String,
     pub path: String,
     pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
 }
 
 impl Seen {
@@ -263,14 +271,15 @@ impl Recorder {
                             .iter()
                             .map(|(n, v)| (n.to_string(), v.to_str().unwrap_or("").to_string()))
                             .collect();
+                        let body = axum::body::to_bytes(body, 1 << 20)
+                            .await
+                            .unwrap_or_default();
                         seen.lock().unwrap().push(Seen {
                             method: parts.method.to_string(),
                             path: parts.uri.path().into(),
                             headers: headers.clone(),
+                            body: body.to_vec(),
                         });
-                        let body = axum::body::to_bytes(body, 1 << 20)
-                            .await
-                            .unwrap_or_default();
                         let mut relay =
                             http.request(parts.method.clone(), format!("{origin}{}", parts.uri));
                         for (name, value) in &headers {
@@ -446,6 +455,8 @@ pub struct Options {
     pub origin_env: Vec<(&'static str, String)>,
     /// With the KV store: the origin's pushes go through a [`PushGate`] the test holds.
     pub kv_gate: bool,
+    /// Extra vars of the edge (e.g. `PUBLIC_PATHS`), replacing the defaults of the same name.
+    pub edge_vars: Vec<(&'static str, String)>,
 }
 
 impl Default for Options {
@@ -458,6 +469,7 @@ impl Default for Options {
             database_admin_url: None,
             origin_env: Vec::new(),
             kv_gate: false,
+            edge_vars: Vec::new(),
         }
     }
 }
@@ -584,16 +596,34 @@ impl Stack {
             origin_command.retain(|(k, _)| k != name);
             origin_command.push((name.to_string(), value.clone()));
         }
-        let mut origin_process = spawn_origin(&origin_command);
-        wait_healthy(
-            &mut origin_process,
-            &format!("{origin}/healthz"),
-            Duration::from_secs(30),
-        )
-        .await;
+        // A port picked by `free_port` may be taken by a neighbour test before the
+        // origin binds it: then pick others, a few times.
+        let mut origin = origin;
+        let mut attempts = 0;
+        let origin_process = loop {
+            attempts += 1;
+            let mut process = spawn_origin(&origin_command);
+            let url = format!("{origin}/healthz");
+            if became_healthy(&mut process, &url, Duration::from_secs(30)).await {
+                break process;
+            }
+            if attempts < 4 && process.log().contains("Address already in use") {
+                let port = free_port();
+                origin = format!("http://127.0.0.1:{port}");
+                for (name, value) in &mut origin_command {
+                    match name.as_str() {
+                        "LISTEN_ADDR" => *value = format!("127.0.0.1:{port}"),
+                        "OPS_LISTEN_ADDR" => *value = format!("127.0.0.1:{}", free_port()),
+                        _ => {}
+                    }
+                }
+                continue;
+            }
+            panic!("origin did not become healthy at {url}:\n{}", process.log());
+        };
 
         let recorder = Recorder::start(origin.clone());
-        let vars = [
+        let mut vars = vec![
             ("ORIGIN_URL", origin.clone()),
             (
                 "UPSTREAM_URL",
@@ -608,6 +638,10 @@ impl Stack {
             ("KEY_PREFIX", prefix.clone()),
             ("STORE_TIMEOUT_MS", options.store_timeout_ms.to_string()),
         ];
+        for (name, value) in &options.edge_vars {
+            vars.retain(|(k, _)| k != name);
+            vars.push((name, value.clone()));
+        }
         let mut command = Command::new(&wrangler_bin);
         command
             .current_dir(&root)
@@ -669,6 +703,16 @@ impl Stack {
             Duration::from_secs(30),
         )
         .await;
+    }
+
+    /// Starts the origin again with `changes` to its environment (kept for later
+    /// restarts), and waits until it is healthy.
+    pub async fn restart_origin_with(&mut self, changes: &[(&str, String)]) {
+        for (name, value) in changes {
+            self.origin_command.retain(|(k, _)| k != name);
+            self.origin_command.push((name.to_string(), value.clone()));
+        }
+        self.restart_origin().await;
     }
 
     /// The origin's process id, while it runs.
