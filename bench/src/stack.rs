@@ -131,6 +131,8 @@ impl Stack {
             ("ISSUER", ISSUER.into()),
             ("AUDIENCE", AUDIENCE.into()),
             ("PROTECTED_PATHS", "/api/".into()),
+            // The forwarding runs measure `/public/bench`.
+            ("PUBLIC_PATHS", "/public/".into()),
             ("SESSION_STORE", "upstash".into()),
             ("UPSTASH_URL", self.rest_url.clone()),
             ("UPSTASH_TOKEN", REST_TOKEN.into()),

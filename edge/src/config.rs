@@ -3,6 +3,9 @@
 use shared::proof::ProofKeys;
 use shared::{KeySet, Validator};
 
+use crate::cors::Cors;
+use crate::route::Routes;
+
 /// Which store holds the session records.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StoreKind {
@@ -18,8 +21,15 @@ pub struct Config {
     pub origin_url: String,
     /// Where validated (and public) requests go. Defaults to the origin.
     pub upstream_url: String,
-    /// Path prefixes that need a valid token. Default `/api/`.
-    pub protected: Vec<String>,
+    /// Protected paths (`PROTECTED_PATHS`, default `/api/`) and public ones
+    /// (`PUBLIC_PATHS`, default none).
+    pub routes: Routes,
+    /// Browser origins allowed to call the edge (`ALLOWED_ORIGINS`, default none).
+    pub cors: Cors,
+    /// Whether public paths receive the client's `Authorization` header
+    /// (`FORWARD_AUTHORIZATION_TO_PUBLIC`, default false: a token is a credential for
+    /// the protected API, not for whatever serves the public paths).
+    pub forward_authorization_to_public: bool,
     pub validator: Validator,
     pub store: StoreKind,
     /// Prefix of store keys, as the origin's `REDIS_PREFIX`.
@@ -28,11 +38,14 @@ pub struct Config {
     /// origin, on the fallback check, and of the origin's KV pushes.
     pub keys: ProofKeys,
     /// Keys given in configuration (`JWKS` var); fetched from the origin when absent.
-    pub static_keys: Option<KeySet>,
+    pub static_keys: Option<std::rc::Rc<KeySet>>,
     /// Time budget of each subrequest to the store or the origin's check, ms.
     pub store_timeout_ms: u64,
     /// Least time between two JWKS fetches caused by an unknown `kid`, seconds.
     pub jwks_refetch_secs: u64,
+    /// How long a fetched key set may still be used past its `max-age` while the
+    /// origin cannot be reached, seconds (`JWKS_STALE_SECS`, default 300); then 503.
+    pub jwks_stale_secs: u64,
 }
 
 impl Config {
@@ -44,19 +57,26 @@ impl Config {
                 .filter(|v| !v.is_empty())
                 .ok_or_else(|| format!("{name} is not set"))
         };
-        let origin_url = required("ORIGIN_URL")?.trim_end_matches('/').to_string();
-        let upstream_url = get("UPSTREAM_URL")
-            .filter(|v| !v.is_empty())
-            .map(|v| v.trim_end_matches('/').to_string());
-        let protected = get("PROTECTED_PATHS")
-            .unwrap_or_else(|| "/api/".into())
-            .split(',')
-            .map(|p| p.trim().to_string())
-            .filter(|p| p.starts_with('/'))
-            .collect::<Vec<_>>();
+        let origin_url = base_url("ORIGIN_URL", &required("ORIGIN_URL")?)?;
+        let upstream_url = match get("UPSTREAM_URL").filter(|v| !v.is_empty()) {
+            Some(url) => Some(base_url("UPSTREAM_URL", &url)?),
+            None => None,
+        };
+        let routes = Routes::parse(
+            get("PROTECTED_PATHS").as_deref().unwrap_or("/api/"),
+            get("PUBLIC_PATHS").as_deref().unwrap_or(""),
+        )?;
+        let cors = Cors::parse(get("ALLOWED_ORIGINS").as_deref().unwrap_or(""))?;
+        let forward_authorization_to_public = match get("FORWARD_AUTHORIZATION_TO_PUBLIC")
+            .as_deref()
+        {
+            None | Some("" | "false") => false,
+            Some("true") => true,
+            Some(_) => return Err("FORWARD_AUTHORIZATION_TO_PUBLIC must be true or false".into()),
+        };
         let store = match get("SESSION_STORE").as_deref().unwrap_or("upstash") {
             "upstash" => StoreKind::Upstash {
-                url: required("UPSTASH_URL")?.trim_end_matches('/').into(),
+                url: base_url("UPSTASH_URL", &required("UPSTASH_URL")?)?,
                 token: required("UPSTASH_TOKEN")?,
             },
             "kv" => StoreKind::Kv,
@@ -72,16 +92,27 @@ impl Config {
         }
         let static_keys = match get("JWKS").filter(|v| !v.is_empty()) {
             Some(jwks) => {
-                Some(KeySet::from_jwks(jwks.as_bytes()).map_err(|e| format!("JWKS: {e}"))?)
+                let keys = KeySet::from_jwks(jwks.as_bytes()).map_err(|e| format!("JWKS: {e}"))?;
+                Some(std::rc::Rc::new(keys))
             }
             None => None,
         };
-        let number = |name: &str, default: u64| -> Result<u64, String> {
-            get(name).map_or(Ok(default), |v| {
-                v.parse().map_err(|_| format!("{name} must be a number"))
-            })
+        let number = |name: &str, default: u64, range: std::ops::RangeInclusive<u64>| {
+            let value = get(name)
+                .filter(|v| !v.is_empty())
+                .map_or(Ok(default), |v| v.trim().parse::<u64>())
+                .map_err(|_| format!("{name} must be a whole number"))?;
+            if range.contains(&value) {
+                Ok(value)
+            } else {
+                Err(format!(
+                    "{name} must be between {} and {}, not {value}",
+                    range.start(),
+                    range.end()
+                ))
+            }
         };
-        let leeway = number("TOKEN_LEEWAY_SECS", 30)?;
+        let leeway = number("TOKEN_LEEWAY_SECS", 30, 0..=shared::MAX_LEEWAY)?;
         let validator = Validator::new(required("ISSUER")?, required("AUDIENCE")?).with_limits(
             shared::Limits {
                 leeway,
@@ -91,16 +122,59 @@ impl Config {
         Ok(Config {
             upstream_url: upstream_url.unwrap_or_else(|| origin_url.clone()),
             origin_url,
-            protected,
+            routes,
+            cors,
+            forward_authorization_to_public,
             validator,
             store,
             key_prefix,
             keys: ProofKeys::derive(edge_secret.as_bytes()),
             static_keys,
-            store_timeout_ms: number("STORE_TIMEOUT_MS", 1000)?,
-            jwks_refetch_secs: number("JWKS_REFETCH_SECS", 60)?,
+            store_timeout_ms: number("STORE_TIMEOUT_MS", 1000, 1..=30_000)?,
+            jwks_refetch_secs: number("JWKS_REFETCH_SECS", 60, 1..=86_400)?,
+            jwks_stale_secs: number("JWKS_STALE_SECS", 300, 0..=86_400)?,
         })
     }
+}
+
+/// A base URL setting: `https://host[:port][/path]`, or `http://` to a loopback host
+/// (development, tests). Plain http elsewhere would carry tokens, proofs and the
+/// store's credentials in the clear. The trailing slash is dropped.
+fn base_url(name: &str, value: &str) -> Result<String, String> {
+    let value = value.trim().trim_end_matches('/');
+    let (secure, rest) = if let Some(rest) = value.strip_prefix("https://") {
+        (true, rest)
+    } else if let Some(rest) = value.strip_prefix("http://") {
+        (false, rest)
+    } else {
+        return Err(format!("{name} must be an https:// URL"));
+    };
+    let authority = rest.split('/').next().unwrap_or("");
+    if authority.is_empty() || authority.contains(['@', '?', '#', ' ']) || rest.contains(['?', '#'])
+    {
+        return Err(format!(
+            "{name} must be a plain https://host[:port][/path] URL"
+        ));
+    }
+    if !secure && !is_loopback_host(authority) {
+        return Err(format!(
+            "{name} must use https (plain http only to a loopback address)"
+        ));
+    }
+    Ok(value.to_string())
+}
+
+/// Whether `host[:port]` names this machine: `localhost`, 127.0.0.0/8 or `[::1]`.
+pub fn is_loopback_host(authority: &str) -> bool {
+    let host = if let Some(v6) = authority.strip_prefix('[') {
+        return v6.split(']').next() == Some("::1");
+    } else {
+        authority.split(':').next().unwrap_or("")
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::Ipv4Addr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 #[cfg(test)]
@@ -130,7 +204,9 @@ mod tests {
         let config = Config::from_env(env(&BASE)).unwrap();
         assert_eq!(config.origin_url, "http://127.0.0.1:8080");
         assert_eq!(config.upstream_url, "http://127.0.0.1:8080");
-        assert_eq!(config.protected, ["/api/"]);
+        assert_eq!(config.routes.protected(), ["/api"]);
+        assert!(config.routes.public().is_empty());
+        assert_eq!(config.jwks_stale_secs, 300);
         assert_eq!(config.key_prefix, "auth:");
         assert_eq!(config.store_timeout_ms, 1000);
         assert!(matches!(config.store, StoreKind::Upstash { .. }));
@@ -166,5 +242,52 @@ mod tests {
                 .unwrap_err()
                 .contains("SESSION_STORE")
         );
+    }
+
+    fn with(extra: &[(&'static str, &'static str)]) -> Result<Config, String> {
+        let mut pairs = BASE.to_vec();
+        for (k, v) in extra {
+            pairs.retain(|(name, _)| name != k);
+            pairs.push((k, v));
+        }
+        Config::from_env(env(&pairs))
+    }
+
+    #[test]
+    fn every_bad_setting_is_an_error_naming_it_never_a_half_configured_worker() {
+        for (name, value) in [
+            ("PROTECTED_PATHS", "api/"),
+            ("PUBLIC_PATHS", "/api"),
+            ("ORIGIN_URL", "http://origin.example"),
+            ("ORIGIN_URL", "ftp://127.0.0.1"),
+            ("UPSTREAM_URL", "http://upstream.example:8080"),
+            ("UPSTASH_URL", "http://redis.example"),
+            ("UPSTASH_URL", "https://user@redis.example"),
+            ("STORE_TIMEOUT_MS", "0"),
+            ("STORE_TIMEOUT_MS", "1s"),
+            ("TOKEN_LEEWAY_SECS", "-1"),
+            ("JWKS_REFETCH_SECS", "0"),
+            ("JWKS_STALE_SECS", "many"),
+            ("ALLOWED_ORIGINS", "*"),
+            ("FORWARD_AUTHORIZATION_TO_PUBLIC", "yes"),
+        ] {
+            let error = with(&[(name, value)]).unwrap_err();
+            assert!(error.contains(name), "{name}={value}: {error}");
+        }
+    }
+
+    #[test]
+    fn https_anywhere_and_http_only_to_loopback() {
+        let config = with(&[
+            ("ORIGIN_URL", "https://auth.example/"),
+            ("UPSTREAM_URL", "http://localhost:9000"),
+            ("UPSTASH_URL", "http://[::1]:8079"),
+        ])
+        .unwrap();
+        assert_eq!(config.origin_url, "https://auth.example");
+        assert_eq!(config.upstream_url, "http://localhost:9000");
+        assert!(with(&[("ORIGIN_URL", "http://127.9.9.9:1")]).is_ok());
+        assert!(with(&[("ORIGIN_URL", "http://128.0.0.1")]).is_err());
+        assert!(with(&[("ORIGIN_URL", "http://127.0.0.1.evil.example")]).is_err());
     }
 }

@@ -16,6 +16,27 @@ pub fn is_stripped(name: &str) -> bool {
         )
 }
 
+/// The path and the path with its raw query of a request URL as the runtime gives it
+/// (absolute, already normalised by its WHATWG URL parser), without parsing it again.
+/// The fragment, which never reaches a server, is dropped.
+pub fn split_url(url: &str) -> Option<(&str, &str)> {
+    let after_scheme = url.split_once("://")?.1;
+    let start = after_scheme.find('/')?;
+    let path_and_query = after_scheme[start..].split('#').next()?;
+    let path = path_and_query.split('?').next()?;
+    Some((path, path_and_query))
+}
+
+/// Whether a client's header goes on to the receiver: not if stripped (above), not
+/// `host` (the receiver's own), and `authorization` only when `keep_authorization`:
+/// to the origin (its `/auth/*` endpoints take bearer tokens), never where the edge
+/// vouches for the identity instead, and to public paths only when configured.
+pub fn is_forwarded(name: &str, keep_authorization: bool) -> bool {
+    !is_stripped(name)
+        && !name.eq_ignore_ascii_case("host")
+        && (keep_authorization || !name.eq_ignore_ascii_case("authorization"))
+}
+
 /// The headers that carry the client's address, the identity (on protected paths)
 /// and their proof, for a request to `method` `path_and_query` at `now`, signed with
 /// the key of the receiver's purpose.
@@ -79,6 +100,27 @@ mod tests {
         ] {
             assert!(!is_stripped(name), "{name}");
         }
+    }
+
+    #[test]
+    fn urls_are_split_into_path_and_raw_query() {
+        assert_eq!(
+            split_url("https://edge.example/api/me?a=1&b=%20"),
+            Some(("/api/me", "/api/me?a=1&b=%20"))
+        );
+        assert_eq!(split_url("http://127.0.0.1:8787/"), Some(("/", "/")));
+        assert_eq!(split_url("http://h/p?q#frag"), Some(("/p", "/p?q")));
+        assert_eq!(split_url("http://h"), None);
+        assert_eq!(split_url("nonsense"), None);
+    }
+
+    #[test]
+    fn authorization_goes_on_only_where_it_is_kept() {
+        assert!(is_forwarded("Authorization", true));
+        assert!(!is_forwarded("Authorization", false));
+        assert!(!is_forwarded("Host", true));
+        assert!(!is_forwarded("x-auth-user-id", true));
+        assert!(is_forwarded("cookie", false));
     }
 
     #[test]

@@ -5,12 +5,17 @@
 //! Everything that decides lives here in plain functions, tested natively with
 //! `cargo test`; the worker entry (`worker_entry`, wasm32 only) does the I/O.
 
+pub mod analytics;
 pub mod cache;
 pub mod config;
+pub mod cors;
 pub mod forward;
+pub mod reply;
+pub mod request;
 pub mod route;
 pub mod store;
 pub mod sync;
+pub mod verify;
 
 #[cfg(target_arch = "wasm32")]
 mod worker_entry;

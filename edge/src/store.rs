@@ -173,23 +173,27 @@ mod tests {
 
     #[test]
     fn a_record_with_a_fresh_marker_forwards_and_its_absence_or_tombstone_rejects() {
-        let epoch = Some("1".to_string());
+        let marker = Some("1".to_string());
         assert_eq!(
             decide(
                 &claims(),
-                &[Some(record().encode()), None, epoch.clone()],
+                &[Some(record().encode()), None, marker.clone()],
                 1100
             ),
             Decision::Forward(record())
         );
         assert_eq!(
-            decide(&claims(), &[None, None, epoch.clone()], 1100),
+            decide(&claims(), &[None, None, marker.clone()], 1100),
             Decision::Reject
         );
         assert_eq!(
             decide(
                 &claims(),
-                &[Some(SessionRecord::tombstone(2, "u1")), None, epoch.clone()],
+                &[
+                    Some(SessionRecord::tombstone(2, "u1")),
+                    None,
+                    marker.clone()
+                ],
                 1100
             ),
             Decision::Reject
@@ -198,7 +202,7 @@ mod tests {
         assert_eq!(
             decide(
                 &claims(),
-                &[Some(record().encode()), logged_out_everywhere, epoch],
+                &[Some(record().encode()), logged_out_everywhere, marker],
                 1100
             ),
             Decision::Reject

@@ -1,5 +1,7 @@
 //! The worker's entry: I/O around the plain functions of this crate. Kept thin on
-//! purpose; every decision is made (and tested) elsewhere.
+//! purpose; every decision is made (and tested) elsewhere. The hot path (verify, one
+//! store read, forward) talks to the platform through `web_sys` directly: one native
+//! copy of the headers, no URL re-parse, the platform's own timeout signal.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -9,27 +11,38 @@ use std::time::Duration;
 use futures::future::{Either, select};
 use shared::proof::Identity;
 use shared::{KeySet, VerifiedClaims, VerifyingKey};
-use wasm_bindgen::JsCast;
+use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::JsFuture;
 use worker::{
-    AbortController, Date, Delay, Env, Fetch, Headers, Method, Request, RequestInit,
-    RequestRedirect, Response, Result, event,
+    AbortController, Date, Delay, Env, Fetch, Headers, Method, Request, RequestInit, Response,
+    Result, event,
 };
 
-use crate::cache::{KeyCache, VerifiedCache, peek_kid};
+use crate::analytics::{self, Cache, Missing, Outcome, Reason, Via};
+use crate::cache::{KeyCache, KeyLookup, VerifiedCache, jwks_max_age, peek_kid};
 use crate::config::{Config, StoreKind};
-use crate::route::{Route, classify};
+use crate::cors::{Cors, Preflight};
+use crate::reply::Reply;
+use crate::request::{BodySize, Credentials, has_body, is_forwarded_method};
+use crate::route::Route;
 use crate::store::{self, Decision};
-use crate::{INVALID_TOKEN_CHALLENGE, MISSING_TOKEN_CHALLENGE, forward};
+use crate::verify::PlatformFailed;
+use crate::{forward, request};
 
-/// Budget of a forwarded request (origin pass-through and upstream).
-const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
+/// Budget of a forwarded request (origin pass-through and upstream), ms.
+const FORWARD_TIMEOUT_MS: u32 = 10_000;
+/// How often a request waiting for another request's JWKS fetch looks again, ms.
+const JWKS_WAIT_STEP_MS: u64 = 5;
 
 thread_local! {
     static CONFIG: RefCell<Option<Rc<Config>>> = const { RefCell::new(None) };
     static VERIFIED: RefCell<VerifiedCache> = RefCell::new(VerifiedCache::new(10_000));
     static KEYS: RefCell<KeyCache> = RefCell::new(KeyCache::default());
-    static CRYPTO_KEYS: RefCell<HashMap<String, web_sys::CryptoKey>> = RefCell::new(HashMap::new());
+    /// When the JWKS fetch in flight started, if one is: one per isolate.
+    static KEY_FETCH: std::cell::Cell<Option<f64>> = const { std::cell::Cell::new(None) };
+    /// Imported WebCrypto keys by their raw bytes, not their `kid`: new material
+    /// under an old `kid` is never checked against the old key.
+    static CRYPTO_KEYS: RefCell<HashMap<[u8; 32], web_sys::CryptoKey>> = RefCell::new(HashMap::new());
 }
 
 #[cfg(feature = "upstash-reqwest")]
@@ -42,6 +55,8 @@ fn now() -> u64 {
     Date::now().as_millis() / 1000
 }
 
+/// The settings, read and checked once per isolate. A bad one is an error naming it,
+/// so the worker never runs half-configured.
 fn config(env: &Env) -> std::result::Result<Rc<Config>, String> {
     if let Some(config) = CONFIG.with(|c| c.borrow().clone()) {
         return Ok(config);
@@ -57,52 +72,190 @@ fn config(env: &Env) -> std::result::Result<Rc<Config>, String> {
     Ok(config)
 }
 
-fn json_error(status: u16, code: &str, description: &str) -> Result<Response> {
-    let body = serde_json::json!({ "error": code, "error_description": description });
-    let mut response = Response::from_json(&body)?.with_status(status);
-    response.headers_mut().set("cache-control", "no-store")?;
-    Ok(response)
+/// Writes out a reply the edge made up.
+fn render(reply: &Reply) -> Result<Response> {
+    let headers = Headers::new();
+    for (name, value) in &reply.headers {
+        headers.set(name, value)?;
+    }
+    Ok(Response::ok(reply.body.clone())?
+        .with_status(reply.status)
+        .with_headers(headers))
 }
 
-fn unauthorized(challenge: &str) -> Result<Response> {
-    let mut response = json_error(401, "invalid_token", "the access token is not valid")?;
-    response.headers_mut().set("www-authenticate", challenge)?;
-    Ok(response)
-}
-
-fn unavailable() -> Result<Response> {
-    let mut response = json_error(
-        503,
-        "temporarily_unavailable",
-        "the session cannot be checked right now; retry",
-    )?;
-    response.headers_mut().set("retry-after", "5")?;
-    Ok(response)
-}
-
+/// The entry never throws into the runtime: whatever fails inside becomes a JSON 500
+/// and the isolate keeps serving.
 #[event(fetch)]
 async fn fetch(req: Request, env: Env, _ctx: worker::Context) -> Result<Response> {
     let config = match config(&env) {
         Ok(config) => config,
         Err(e) => {
             worker::console_error!("edge configuration: {e}");
-            return json_error(500, "server_error", "edge misconfigured");
+            return render(&Reply::server_error("edge misconfigured"));
         }
     };
-    let url = req.url()?;
-    match classify(url.path(), &config.protected) {
-        Route::Hidden => json_error(404, "not_found", "no such resource"),
-        Route::Origin => send(req, &config.origin_url, &config.keys.origin, None).await,
-        Route::Public => send(req, &config.upstream_url, &config.keys.upstream, None).await,
-        Route::Protected => protected(req, &env, &config).await,
-        Route::KvSync => kv_sync(req, &env, &config).await,
+    let origin = req.inner().headers().get("origin").ok().flatten();
+    let response = match handle(req, &env, &config, origin.as_deref()).await {
+        Ok(response) => response,
+        Err(e) => {
+            worker::console_error!("edge internal error: {e}");
+            render(&Reply::server_error("internal error"))?
+        }
+    };
+    if config.cors == Cors::default() {
+        return Ok(response);
+    }
+    with_cors(response, &config.cors, origin.as_deref()).or_else(|e| {
+        worker::console_error!("edge internal error: {e}");
+        render(&Reply::server_error("internal error"))
+    })
+}
+
+/// Adds the CORS headers. A fetched response's headers are immutable, so it is
+/// wrapped in a new one around the same body stream (nothing is copied).
+fn with_cors(response: Response, cors: &Cors, origin: Option<&str>) -> Result<Response> {
+    let headers = cors.response_headers(origin);
+    let inner: web_sys::Response = response.into();
+    let init = web_sys::ResponseInit::new();
+    init.set_status(inner.status());
+    init.set_status_text(&inner.status_text());
+    let copy = web_sys::Headers::new_with_headers(&inner.headers())?;
+    for (name, value) in headers {
+        if name == "vary" {
+            copy.append(name, &value)?;
+        } else {
+            copy.set(name, &value)?;
+        }
+    }
+    init.set_headers(&copy);
+    let wrapped =
+        web_sys::Response::new_with_opt_readable_stream_and_init(inner.body().as_ref(), &init)?;
+    Ok(Response::from(wrapped))
+}
+
+async fn handle(
+    req: Request,
+    env: &Env,
+    config: &Config,
+    origin: Option<&str>,
+) -> Result<Response> {
+    let raw = req.inner();
+    let url = raw.url();
+    let Some((path, path_and_query)) = forward::split_url(&url) else {
+        return render(&Reply::not_found());
+    };
+    let route = config.routes.classify(path);
+    let method = raw.method();
+    match route {
+        Route::NotFound => return render(&Reply::not_found()),
+        Route::KvSync => return kv_sync(req, env, config).await,
+        Route::Origin | Route::Protected | Route::Public => {}
+    }
+    let request_method = raw
+        .headers()
+        .get("access-control-request-method")
+        .ok()
+        .flatten();
+    if Cors::is_preflight(&method, origin, request_method.as_deref()) {
+        let asked = raw
+            .headers()
+            .get("access-control-request-headers")
+            .ok()
+            .flatten();
+        return match config.cors.preflight(
+            origin.unwrap_or_default(),
+            request_method.as_deref().unwrap_or_default(),
+            asked.as_deref(),
+        ) {
+            Preflight::Allowed(headers) => {
+                let out = Headers::new();
+                for (name, value) in headers {
+                    out.set(name, &value)?;
+                }
+                Ok(Response::empty()?.with_status(204).with_headers(out))
+            }
+            // Answered here without CORS headers: the browser refuses the request.
+            Preflight::Refused(why) => render(&Reply::forbidden(why)),
+        };
+    }
+    if !is_forwarded_method(&method) {
+        return render(&Reply::method_not_allowed());
+    }
+    let target = Target {
+        method: &method,
+        path_and_query,
+        client_ip: client_ip(raw),
+    };
+    match route {
+        Route::Origin => {
+            let body = match auth_body(raw, &method).await? {
+                Ok(body) => body,
+                Err(reply) => return render(&reply),
+            };
+            send(
+                raw,
+                &target,
+                &config.origin_url,
+                &config.keys.origin,
+                None,
+                true,
+                body,
+            )
+            .await
+        }
+        Route::Public => {
+            let body = has_body(&method)
+                .then(|| raw.body().map(JsValue::from))
+                .flatten();
+            let keep = config.forward_authorization_to_public;
+            send(
+                raw,
+                &target,
+                &config.upstream_url,
+                &config.keys.upstream,
+                None,
+                keep,
+                body,
+            )
+            .await
+        }
+        _ => protected(raw, &target, env, config).await,
+    }
+}
+
+/// The body of a request bound for `/auth/*`: refused with 413 over
+/// [`request::AUTH_BODY_LIMIT`] before anything is forwarded. A declared length is
+/// trusted (the runtime enforces it) and the body streams through; an undeclared one
+/// is read, up to the runtime's own limit, and measured.
+async fn auth_body(
+    raw: &web_sys::Request,
+    method: &str,
+) -> Result<std::result::Result<Option<JsValue>, Reply>> {
+    if !has_body(method) {
+        return Ok(Ok(None));
+    }
+    let length = raw.headers().get("content-length").ok().flatten();
+    match request::auth_body_size(length.as_deref()) {
+        BodySize::TooLarge => Ok(Err(Reply::too_large())),
+        BodySize::Within => Ok(Ok(raw.body().map(JsValue::from))),
+        BodySize::Unknown => {
+            let Some(_) = raw.body() else {
+                return Ok(Ok(None));
+            };
+            let buffer: js_sys::ArrayBuffer =
+                JsFuture::from(raw.array_buffer()?).await?.unchecked_into();
+            if u64::from(buffer.byte_length()) > request::AUTH_BODY_LIMIT {
+                return Ok(Err(Reply::too_large()));
+            }
+            Ok(Ok(Some(buffer.into())))
+        }
     }
 }
 
 /// Applies the origin's signed KV operations (only when the store is KV).
 async fn kv_sync(mut req: Request, env: &Env, config: &Config) -> Result<Response> {
     if config.store != StoreKind::Kv || req.method() != Method::Post {
-        return json_error(404, "not_found", "no such resource");
+        return render(&Reply::not_found());
     }
     let time = req.headers().get(shared::proof::message_header::TIME)?;
     let given = req.headers().get(shared::proof::message_header::PROOF)?;
@@ -117,9 +270,11 @@ async fn kv_sync(mut req: Request, env: &Env, config: &Config) -> Result<Respons
     ) {
         Ok(ops) => ops,
         Err(crate::sync::Refused::Unauthenticated) => {
-            return json_error(401, "invalid_client", "bad or missing proof");
+            return render(&Reply::error(401, "invalid_client", "bad or missing proof"));
         }
-        Err(crate::sync::Refused::Invalid(why)) => return json_error(400, "invalid_request", why),
+        Err(crate::sync::Refused::Invalid(why)) => {
+            return render(&Reply::error(400, "invalid_request", why));
+        }
     };
     let kv = env.kv("SESSIONS")?;
     for op in ops {
@@ -139,71 +294,91 @@ async fn kv_sync(mut req: Request, env: &Env, config: &Config) -> Result<Respons
 }
 
 /// The client's address as Cloudflare saw it.
-fn client_ip(req: &Request) -> String {
-    req.headers()
+fn client_ip(raw: &web_sys::Request) -> String {
+    raw.headers()
         .get("cf-connecting-ip")
         .ok()
         .flatten()
         .unwrap_or_else(|| "0.0.0.0".into())
 }
 
-/// Sends `req` to `base` + its path and query: headers a client may not set are
-/// removed, the client's address (and on a protected path the identity) added with a
-/// proof signed by `key`, redirects not followed. With an identity the credential
-/// itself is dropped: the upstream gets the proven identity, not the token.
+/// What a forwarded request is: its method, path with raw query, and the client.
+struct Target<'a> {
+    method: &'a str,
+    path_and_query: &'a str,
+    client_ip: String,
+}
+
+/// Sends the request to `base` + its path and query: headers a client may not set are
+/// removed (and `authorization` unless `keep_authorization`), the client's address
+/// (and on a protected path the identity) added with a proof signed by `key`,
+/// redirects not followed, within [`FORWARD_TIMEOUT_MS`].
 async fn send(
-    req: Request,
+    raw: &web_sys::Request,
+    target: &Target<'_>,
     base: &str,
     key: &[u8; 32],
     identity: Option<Identity<'_>>,
+    keep_authorization: bool,
+    body: Option<JsValue>,
 ) -> Result<Response> {
-    let url = req.url()?;
-    let path_and_query = match url.query() {
-        Some(query) => format!("{}?{query}", url.path()),
-        None => url.path().to_string(),
-    };
-    let target = format!("{base}{path_and_query}");
-    let headers = Headers::new();
-    for (name, value) in req.headers().entries() {
-        let credential = identity.is_some() && name.eq_ignore_ascii_case("authorization");
-        if !forward::is_stripped(&name) && name != "host" && !credential {
-            headers.set(&name, &value)?;
+    // One native copy, then the few deletions: cheaper than rebuilding header by header.
+    let headers = web_sys::Headers::new_with_headers(&raw.headers())?;
+    let mut dropped = Vec::new();
+    for name in js_sys::try_iter(&headers.keys())?.into_iter().flatten() {
+        let name = name?.as_string().unwrap_or_default();
+        if !forward::is_forwarded(&name, keep_authorization) {
+            dropped.push(name);
         }
     }
-    let method = req.method();
+    for name in dropped {
+        headers.delete(&name)?;
+    }
     for (name, value) in forward::proof_headers(
         key,
-        method.as_ref(),
-        &path_and_query,
-        &client_ip(&req),
+        target.method,
+        target.path_and_query,
+        &target.client_ip,
         identity,
         now(),
     ) {
         headers.set(name, &value)?;
     }
-    let mut init = RequestInit::new();
-    init.with_method(method.clone())
-        .with_headers(headers)
-        .with_redirect(RequestRedirect::Manual);
-    if !matches!(method, Method::Get | Method::Head) {
-        init.with_body(req.inner().body().map(Into::into));
+    let init = web_sys::RequestInit::new();
+    init.set_method(target.method);
+    init.set_headers(&headers);
+    init.set_redirect(web_sys::RequestRedirect::Manual);
+    init.set_signal(Some(&web_sys::AbortSignal::timeout_with_u32(
+        FORWARD_TIMEOUT_MS,
+    )));
+    if let Some(body) = body {
+        init.set_body(&body);
     }
-    let outgoing = Request::new_with_init(&target, &init)?;
-    match with_timeout(FORWARD_TIMEOUT, |signal| async move {
-        Fetch::Request(outgoing).send_with_signal(&signal).await
-    })
-    .await
-    {
-        Some(Ok(response)) => Ok(response),
-        Some(Err(e)) => {
-            worker::console_error!("forwarding failed: {e}");
-            json_error(502, "bad_gateway", "the upstream did not answer")
+    let url = format!("{base}{}", target.path_and_query);
+    let global: web_sys::WorkerGlobalScope = js_sys::global().unchecked_into();
+    match JsFuture::from(global.fetch_with_str_and_init(&url, &init)).await {
+        Ok(response) => Ok(Response::from(
+            response.unchecked_into::<web_sys::Response>(),
+        )),
+        Err(e) => {
+            let name = js_sys::Reflect::get(&e, &"name".into())
+                .ok()
+                .and_then(|n| n.as_string());
+            if name.as_deref() == Some("TimeoutError") {
+                render(&Reply::error(
+                    504,
+                    "gateway_timeout",
+                    "the upstream did not answer in time",
+                ))
+            } else {
+                worker::console_error!("forwarding failed: {e:?}");
+                render(&Reply::error(
+                    502,
+                    "bad_gateway",
+                    "the upstream did not answer",
+                ))
+            }
         }
-        None => json_error(
-            504,
-            "gateway_timeout",
-            "the upstream did not answer in time",
-        ),
     }
 }
 
@@ -224,125 +399,282 @@ where
     }
 }
 
-async fn protected(req: Request, env: &Env, config: &Config) -> Result<Response> {
-    let Some(token) = req.headers().get("authorization")?.and_then(|v| bearer(&v)) else {
-        return unauthorized(MISSING_TOKEN_CHALLENGE);
-    };
-    let claims = match verified(&token, config).await {
-        Ok(claims) => claims,
-        Err(reason) => {
-            worker::console_log!("token refused: {reason}");
-            return unauthorized(INVALID_TOKEN_CHALLENGE);
+async fn protected(
+    raw: &web_sys::Request,
+    target: &Target<'_>,
+    env: &Env,
+    config: &Config,
+) -> Result<Response> {
+    let started = js_sys::Date::now();
+    let mut timings = Timings::default();
+    let checked = check(raw, target, env, config, &mut timings).await;
+    if let Ok(dataset) = env.analytics_engine("ANALYTICS") {
+        let outcome = match &checked {
+            Ok((_, _, via)) => Outcome::Valid(*via),
+            Err((_, outcome)) => *outcome,
+        };
+        let point = analytics::data_point(
+            outcome,
+            timings.cache,
+            timings.store_ms,
+            timings.fallback_ms,
+            js_sys::Date::now() - started,
+        );
+        let written = worker::AnalyticsEngineDataPointBuilder::new()
+            .indexes([point.index])
+            .blobs(point.blobs)
+            .doubles(point.doubles)
+            .write_to(&dataset);
+        if let Err(e) = written {
+            worker::console_error!("analytics: {e}");
         }
-    };
-    let scope = match session(env, config, &claims).await {
-        Decision::Forward(record) => record.scope,
-        Decision::Reject => return unauthorized(INVALID_TOKEN_CHALLENGE),
-        Decision::Unknown => match fallback(config, &claims, &client_ip(&req)).await {
-            Some(Some(scope)) => scope,
-            Some(None) => return unauthorized(INVALID_TOKEN_CHALLENGE),
-            None => return unavailable(),
-        },
+    }
+    let (claims, scope) = match checked {
+        Ok((claims, scope, _)) => (claims, scope),
+        Err((reply, _)) => return render(&reply),
     };
     let id = Identity {
         user_id: claims.subject(),
         session_id: claims.session_id(),
         scope: &scope,
     };
-    send(req, &config.upstream_url, &config.keys.upstream, Some(id)).await
+    let body = has_body(target.method)
+        .then(|| raw.body().map(JsValue::from))
+        .flatten();
+    send(
+        raw,
+        target,
+        &config.upstream_url,
+        &config.keys.upstream,
+        Some(id),
+        false,
+        body,
+    )
+    .await
 }
 
-fn bearer(value: &str) -> Option<String> {
-    let (scheme, token) = value.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim().to_string())
-        .filter(|t| !t.is_empty())
+/// What a decision cost, for the analytics data point.
+struct Timings {
+    cache: Cache,
+    store_ms: f64,
+    fallback_ms: f64,
 }
 
-/// Signature and claims, from the verified-token cache or WebCrypto.
-async fn verified(token: &str, config: &Config) -> std::result::Result<VerifiedClaims, String> {
+impl Default for Timings {
+    fn default() -> Self {
+        Timings {
+            cache: Cache::NotUsed,
+            store_ms: 0.0,
+            fallback_ms: 0.0,
+        }
+    }
+}
+
+type Refusal = (Reply, Outcome);
+
+/// The checks of a protected path: credentials, token, session (store, then the
+/// origin's fallback). The scope is the record's, so narrowed permissions apply at once.
+async fn check(
+    raw: &web_sys::Request,
+    target: &Target<'_>,
+    env: &Env,
+    config: &Config,
+    timings: &mut Timings,
+) -> std::result::Result<(VerifiedClaims, String, Via), Refusal> {
+    let authorization = raw.headers().get("authorization").ok().flatten();
+    let token = match request::credentials(authorization.as_deref()) {
+        Credentials::Bearer(token) => token,
+        Credentials::Missing => {
+            return Err((Reply::missing_token(), Outcome::Invalid(Reason::Missing)));
+        }
+        Credentials::Invalid => {
+            return Err((Reply::invalid_token(), Outcome::Invalid(Reason::Malformed)));
+        }
+        Credentials::Ambiguous => {
+            return Err((
+                Reply::ambiguous_credentials(),
+                Outcome::Invalid(Reason::Ambiguous),
+            ));
+        }
+    };
+    let claims = verified(token, config, timings).await?;
+    let store_started = js_sys::Date::now();
+    let decision = session(env, config, &claims).await;
+    timings.store_ms = js_sys::Date::now() - store_started;
+    match decision {
+        Decision::Forward(record) => Ok((claims, record.scope, Via::Store)),
+        Decision::Reject => Err((Reply::invalid_token(), Outcome::Revoked(Via::Store))),
+        Decision::Unknown => {
+            let fallback_started = js_sys::Date::now();
+            let answer = fallback(config, &claims, &target.client_ip).await;
+            timings.fallback_ms = js_sys::Date::now() - fallback_started;
+            let outcome = match &answer {
+                // Only read on refusal: an answer that refuses is "not active".
+                Some(_) => Outcome::Revoked(Via::Fallback),
+                None => Outcome::Unavailable(Missing::Session),
+            };
+            match crate::reply::after_fallback(answer) {
+                Ok(scope) => Ok((claims, scope, Via::Fallback)),
+                Err(reply) => Err((reply, outcome)),
+            }
+        }
+    }
+}
+
+/// Signature and claims, from the verified-token cache or WebCrypto. A cached token
+/// still needs its key in a usable set: a removed key stops verifying, cached tokens
+/// included.
+async fn verified(
+    token: &str,
+    config: &Config,
+    timings: &mut Timings,
+) -> std::result::Result<VerifiedClaims, Refusal> {
     let now = now();
     let leeway = config.validator.limits().leeway;
-    if let Some(claims) = VERIFIED.with(|c| c.borrow_mut().get(token, now, leeway)) {
+    let cached = VERIFIED.with(|c| c.borrow_mut().get(token, now, leeway));
+    let kid = match &cached {
+        Some(claims) => Some(claims.kid().to_string()),
+        None => peek_kid(token),
+    };
+    let keys = match key_set(config, kid.as_deref(), now).await {
+        KeyLookup::Keys(keys) => keys,
+        KeyLookup::Unavailable => {
+            return Err((
+                Reply::unavailable("the signing keys cannot be fetched right now; retry"),
+                Outcome::Unavailable(Missing::Keys),
+            ));
+        }
+    };
+    if let Some(claims) = cached.filter(|c| keys.get(c.kid()).is_some()) {
+        timings.cache = Cache::Hit;
         return Ok(claims);
     }
-    let keys = key_set(config, peek_kid(token).as_deref(), now)
-        .await
-        .ok_or("no keys available")?;
-    let claims = config
-        .validator
-        .verify_with(token.as_bytes(), &keys, now, |key, message, signature| {
-            webcrypto_verify(key.clone(), message.to_vec(), *signature)
-        })
-        .await
-        .map_err(|e| e.to_string())?;
+    timings.cache = Cache::Miss;
+    let claims = crate::verify::verify(
+        &config.validator,
+        token.as_bytes(),
+        &keys,
+        now,
+        |key, message, signature| webcrypto_verify(key.clone(), message.to_vec(), *signature),
+    )
+    .await
+    .map_err(|e| {
+        worker::console_log!("token refused: {e}");
+        (Reply::invalid_token(), Outcome::Invalid(Reason::of(&e)))
+    })?;
     VERIFIED.with(|c| c.borrow_mut().insert(token, claims.clone()));
     Ok(claims)
 }
 
-/// The trusted keys: from configuration, or the origin's JWKS (cached; an unknown
-/// `kid` refetches at most once per interval).
-async fn key_set(config: &Config, kid: Option<&str>, now: u64) -> Option<KeySet> {
+/// The trusted keys: from configuration, or the origin's JWKS under the rules of
+/// [`KeyCache`]. One fetch per isolate at a time. A request that cannot decide without
+/// it waits for it by looking again on its own timer: the Workers runtime does not let
+/// one request await I/O started by another (the waiter is cancelled as hung).
+async fn key_set(config: &Config, kid: Option<&str>, now: u64) -> KeyLookup {
     if let Some(keys) = &config.static_keys {
-        return Some(keys.clone());
+        return KeyLookup::Keys(keys.clone());
     }
-    if KEYS.with(|k| k.borrow().should_fetch(kid, now, config.jwks_refetch_secs)) {
-        let url = format!("{}/.well-known/jwks.json", config.origin_url);
-        let fetched = with_timeout(
-            Duration::from_millis(config.store_timeout_ms),
-            |signal| async move {
-                let mut response = Fetch::Url(url.parse().ok()?)
-                    .send_with_signal(&signal)
-                    .await
-                    .ok()?;
-                if response.status_code() != 200 {
-                    return None;
-                }
-                KeySet::from_jwks(&response.bytes().await.ok()?).ok()
-            },
-        )
-        .await
-        .flatten();
-        KEYS.with(|k| k.borrow_mut().fetched(fetched, now));
+    let lookup = || KEYS.with(|k| k.borrow().lookup(kid, now, config.jwks_stale_secs));
+    let started_at = Date::now().as_millis();
+    if KEY_FETCH.get().is_none() {
+        if KEYS.with(|k| k.borrow().should_fetch(kid, now, config.jwks_refetch_secs)) {
+            KEYS.with(|k| k.borrow_mut().attempted(now));
+            fetch_keys(&config.origin_url, config.store_timeout_ms).await;
+        }
+        return lookup();
     }
-    KEYS.with(|k| k.borrow().keys.clone())
+    let decided = match lookup() {
+        KeyLookup::Keys(keys) => kid.is_some_and(|kid| keys.get(kid).is_some()),
+        KeyLookup::Unavailable => false,
+    };
+    if !decided {
+        let deadline = started_at + config.store_timeout_ms + 100;
+        while KEY_FETCH.get().is_some() && Date::now().as_millis() < deadline {
+            Delay::from(Duration::from_millis(JWKS_WAIT_STEP_MS)).await;
+        }
+    }
+    lookup()
 }
 
-/// Ed25519 through WebCrypto, about twice as fast as verifying in Wasm.
-async fn webcrypto_verify(key: VerifyingKey, message: Vec<u8>, signature: [u8; 64]) -> bool {
-    let Ok(subtle) = subtle() else { return false };
-    let kid = key.kid().to_string();
-    let crypto_key = match CRYPTO_KEYS.with(|c| c.borrow().get(&kid).cloned()) {
+/// Marks a JWKS fetch in flight for as long as it lives: cleared when the fetch ends
+/// or when its request is cancelled and the future dropped.
+struct InFlight;
+
+impl InFlight {
+    fn start() -> InFlight {
+        KEY_FETCH.set(Some(Date::now().as_millis() as f64));
+        InFlight
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        KEY_FETCH.set(None);
+    }
+}
+
+/// Fetches the origin's JWKS and records the outcome; when a trusted key is gone or
+/// changed, every verification and import made with the old set is forgotten.
+async fn fetch_keys(origin_url: &str, timeout_ms: u64) {
+    let _in_flight = InFlight::start();
+    let url = format!("{origin_url}/.well-known/jwks.json");
+    let fetched = with_timeout(Duration::from_millis(timeout_ms), |signal| async move {
+        let mut response = Fetch::Url(url.parse().ok()?)
+            .send_with_signal(&signal)
+            .await
+            .ok()?;
+        if response.status_code() != 200 {
+            return None;
+        }
+        let cache_control = response.headers().get("cache-control").ok().flatten();
+        let max_age = jwks_max_age(cache_control.as_deref());
+        let keys = KeySet::from_jwks(&response.bytes().await.ok()?).ok()?;
+        Some((keys, max_age))
+    })
+    .await
+    .flatten();
+    if fetched.is_none() {
+        worker::console_error!("the origin's JWKS could not be fetched");
+    }
+    if KEYS.with(|k| k.borrow_mut().fetched(fetched, now())) {
+        VERIFIED.with(|c| *c.borrow_mut() = VerifiedCache::new(10_000));
+        CRYPTO_KEYS.with(|c| c.borrow_mut().clear());
+    }
+}
+
+/// Ed25519 through WebCrypto, about twice as fast as verifying in Wasm. A throw is
+/// [`PlatformFailed`], and the caller verifies in Wasm instead.
+async fn webcrypto_verify(
+    key: VerifyingKey,
+    message: Vec<u8>,
+    signature: [u8; 64],
+) -> std::result::Result<bool, PlatformFailed> {
+    let subtle = subtle().map_err(|_| PlatformFailed)?;
+    let raw_key = *key.as_bytes();
+    let crypto_key = match CRYPTO_KEYS.with(|c| c.borrow().get(&raw_key).cloned()) {
         Some(k) => k,
         None => {
-            let raw = js_sys::Uint8Array::from(&key.as_bytes()[..]);
+            let raw = js_sys::Uint8Array::from(&raw_key[..]);
             let usages = js_sys::Array::of1(&"verify".into());
-            let Ok(promise) = subtle.import_key_with_str("raw", &raw, "Ed25519", false, &usages)
-            else {
-                return false;
-            };
-            let Ok(imported) = JsFuture::from(promise).await else {
-                return false;
-            };
-            let imported: web_sys::CryptoKey = imported.unchecked_into();
-            CRYPTO_KEYS.with(|c| c.borrow_mut().insert(kid, imported.clone()));
+            let promise = subtle
+                .import_key_with_str("raw", &raw, "Ed25519", false, &usages)
+                .map_err(|_| PlatformFailed)?;
+            let imported: web_sys::CryptoKey = JsFuture::from(promise)
+                .await
+                .map_err(|_| PlatformFailed)?
+                .unchecked_into();
+            CRYPTO_KEYS.with(|c| c.borrow_mut().insert(raw_key, imported.clone()));
             imported
         }
     };
-    let Ok(promise) = subtle.verify_with_str_and_u8_array_and_u8_array(
-        "Ed25519",
-        &crypto_key,
-        &signature,
-        &message,
-    ) else {
-        return false;
-    };
+    let promise = subtle
+        .verify_with_str_and_u8_array_and_u8_array("Ed25519", &crypto_key, &signature, &message)
+        .map_err(|_| PlatformFailed)?;
     JsFuture::from(promise)
         .await
         .ok()
         .and_then(|v| v.as_bool())
-        .unwrap_or(false)
+        .ok_or(PlatformFailed)
 }
 
 fn subtle() -> std::result::Result<web_sys::SubtleCrypto, wasm_bindgen::JsValue> {
@@ -352,7 +684,7 @@ fn subtle() -> std::result::Result<web_sys::SubtleCrypto, wasm_bindgen::JsValue>
 
 /// Where session records are read from: two real implementations, one per store.
 trait SessionStore {
-    /// The record, user not-before and epoch, in one round trip; `None` when the
+    /// The record, user not-before and freshness marker, in one round trip; `None` when the
     /// store cannot answer.
     async fn read(&self, keys: &[String; 3]) -> Option<[Option<String>; 3]>;
 }
@@ -426,13 +758,13 @@ struct KvStore(worker::kv::KvStore);
 impl SessionStore for KvStore {
     async fn read(&self, keys: &[String; 3]) -> Option<[Option<String>; 3]> {
         let [a, b, c] = keys;
-        let (record, nbf, epoch) = futures::future::join3(
+        let (record, nbf, marker) = futures::future::join3(
             self.0.get(a).text(),
             self.0.get(b).text(),
             self.0.get(c).text(),
         )
         .await;
-        Some([record.ok()?, nbf.ok()?, epoch.ok()?])
+        Some([record.ok()?, nbf.ok()?, marker.ok()?])
     }
 }
 

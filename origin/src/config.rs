@@ -58,6 +58,13 @@ pub struct Config {
     #[arg(long, env = "SESSION_IDLE_TTL_SECS", default_value_t = 7 * 86_400, value_parser = clap::value_parser!(u64).range(60..))]
     pub session_idle_ttl_secs: u64,
 
+    /// How long a client or the edge may cache the JWKS (`Cache-Control: max-age`),
+    /// seconds. A key removed from the set keeps verifying at the edge for at most this
+    /// long (plus the edge's `JWKS_STALE_SECS` while the origin is unreachable).
+    /// Default 300.
+    #[arg(long, env = "JWKS_MAX_AGE_SECS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub jwks_max_age_secs: u64,
+
     /// How long after a rotation the previous refresh token may be retried and get the
     /// same new token back (lost responses, two tabs), seconds. 0 disables. Default 30.
     #[arg(long, env = "REFRESH_GRACE_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=300))]

@@ -123,10 +123,11 @@ pub fn ops_app(state: AppState) -> Router {
 }
 
 async fn jwks(axum::extract::State(state): axum::extract::State<AppState>) -> impl IntoResponse {
+    let cache_control = format!("public, max-age={}", state.config.jwks_max_age_secs);
     (
         [
-            (header::CONTENT_TYPE, "application/json"),
-            (header::CACHE_CONTROL, "public, max-age=300"),
+            (header::CONTENT_TYPE, "application/json".to_string()),
+            (header::CACHE_CONTROL, cache_control),
         ],
         state.keys.jwks.clone(),
     )
