@@ -16,15 +16,23 @@ locked_version() {
 
 # install_crate CRATE VERSION BINARY: `cargo install` into its own versioned root.
 # `--locked` is tried first; some crates lock dependency versions this machine's
-# registry mirror does not serve, so it falls back to a fresh resolution of the
-# same pinned crate version.
+# registry mirror does not serve (wasm-bindgen-cli locks a pre-release webpki-roots),
+# so it falls back to a fresh resolution of the same pinned crate version. The first
+# attempt's output is shown only if the fallback fails too: a step that then
+# succeeds prints no error.
 install_crate() {
-  local crate=$1 version=$2 binary=$3 root="$TOOLS_DIR/$1-$2"
+  local crate=$1 version=$2 binary=$3 root="$TOOLS_DIR/$1-$2" first
   if [ ! -x "$root/bin/$binary" ]; then
     log "installing $crate $version (once, into $root)"
-    cargo install --quiet --root "$root" --version "=$version" --locked "$crate" ||
-      cargo install --quiet --root "$root" --version "=$version" "$crate" ||
-      die "could not install $crate $version"
+    first=$(mktemp)
+    if ! cargo install --quiet --root "$root" --version "=$version" --locked "$crate" 2>"$first"; then
+      if ! cargo install --quiet --root "$root" --version "=$version" "$crate"; then
+        cat "$first" >&2
+        rm -f "$first"
+        die "could not install $crate $version"
+      fi
+    fi
+    rm -f "$first"
   fi
   PATH="$root/bin:$PATH"
 }
