@@ -14,8 +14,7 @@ use shared::{KeySet, VerifiedClaims, VerifyingKey};
 use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::JsFuture;
 use worker::{
-    AbortController, Date, Delay, Env, Fetch, Headers, Method, Request, RequestInit, Response,
-    Result, event,
+    AbortController, Date, Delay, Env, Fetch, Headers, Method, Request, RequestInit, Result, event,
 };
 
 use crate::analytics::{self, Cache, Missing, Outcome, Reason, Via};
@@ -40,6 +39,8 @@ thread_local! {
     static KEYS: RefCell<KeyCache> = RefCell::new(KeyCache::default());
     /// When the JWKS fetch in flight started, if one is: one per isolate.
     static KEY_FETCH: std::cell::Cell<Option<f64>> = const { std::cell::Cell::new(None) };
+    /// Whether the `ANALYTICS` binding exists, read once per isolate.
+    static ANALYTICS: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
     /// Imported WebCrypto keys by their raw bytes, not their `kid`: new material
     /// under an old `kid` is never checked against the old key.
     static CRYPTO_KEYS: RefCell<HashMap<[u8; 32], web_sys::CryptoKey>> = RefCell::new(HashMap::new());
@@ -73,20 +74,30 @@ fn config(env: &Env) -> std::result::Result<Rc<Config>, String> {
 }
 
 /// Writes out a reply the edge made up.
-fn render(reply: &Reply) -> Result<Response> {
-    let headers = Headers::new();
+fn render(reply: &Reply) -> Result<web_sys::Response> {
+    let headers = web_sys::Headers::new()?;
     for (name, value) in &reply.headers {
         headers.set(name, value)?;
     }
-    Ok(Response::ok(reply.body.clone())?
-        .with_status(reply.status)
-        .with_headers(headers))
+    let init = web_sys::ResponseInit::new();
+    init.set_status(reply.status);
+    init.set_headers(&headers);
+    Ok(web_sys::Response::new_with_opt_str_and_init(
+        Some(&reply.body),
+        &init,
+    )?)
 }
 
-/// The entry never throws into the runtime: whatever fails inside becomes a JSON 500
-/// and the isolate keeps serving.
+/// The entry takes and returns the platform's own `Request` and `Response`: a
+/// forwarded response goes back as it came, without being rebuilt around its body.
+/// It never throws into the runtime: whatever fails inside becomes a JSON 500 and
+/// the isolate keeps serving.
 #[event(fetch)]
-async fn fetch(req: Request, env: Env, _ctx: worker::Context) -> Result<Response> {
+async fn fetch(
+    req: web_sys::Request,
+    env: Env,
+    _ctx: worker::Context,
+) -> Result<web_sys::Response> {
     let config = match config(&env) {
         Ok(config) => config,
         Err(e) => {
@@ -94,15 +105,23 @@ async fn fetch(req: Request, env: Env, _ctx: worker::Context) -> Result<Response
             return render(&Reply::server_error("edge misconfigured"));
         }
     };
-    let origin = req.inner().headers().get("origin").ok().flatten();
-    let response = match handle(req, &env, &config, origin.as_deref()).await {
+    let method = req.method();
+    // Only CORS reads the Origin header: not fetched at all when no origin is allowed
+    // and the request is no preflight.
+    let cors = config.cors != Cors::default();
+    let origin = if cors || method == "OPTIONS" {
+        req.headers().get("origin").ok().flatten()
+    } else {
+        None
+    };
+    let response = match handle(&req, &method, &env, &config, origin.as_deref()).await {
         Ok(response) => response,
         Err(e) => {
             worker::console_error!("edge internal error: {e}");
             render(&Reply::server_error("internal error"))?
         }
     };
-    if config.cors == Cors::default() {
+    if !cors {
         return Ok(response);
     }
     with_cors(response, &config.cors, origin.as_deref()).or_else(|e| {
@@ -113,9 +132,12 @@ async fn fetch(req: Request, env: Env, _ctx: worker::Context) -> Result<Response
 
 /// Adds the CORS headers. A fetched response's headers are immutable, so it is
 /// wrapped in a new one around the same body stream (nothing is copied).
-fn with_cors(response: Response, cors: &Cors, origin: Option<&str>) -> Result<Response> {
+fn with_cors(
+    inner: web_sys::Response,
+    cors: &Cors,
+    origin: Option<&str>,
+) -> Result<web_sys::Response> {
     let headers = cors.response_headers(origin);
-    let inner: web_sys::Response = response.into();
     let init = web_sys::ResponseInit::new();
     init.set_status(inner.status());
     init.set_status_text(&inner.status_text());
@@ -128,35 +150,46 @@ fn with_cors(response: Response, cors: &Cors, origin: Option<&str>) -> Result<Re
         }
     }
     init.set_headers(&copy);
-    let wrapped =
-        web_sys::Response::new_with_opt_readable_stream_and_init(inner.body().as_ref(), &init)?;
-    Ok(Response::from(wrapped))
+    Ok(web_sys::Response::new_with_opt_readable_stream_and_init(
+        inner.body().as_ref(),
+        &init,
+    )?)
 }
 
 async fn handle(
-    req: Request,
+    raw: &web_sys::Request,
+    method: &str,
     env: &Env,
     config: &Config,
     origin: Option<&str>,
-) -> Result<Response> {
-    let raw = req.inner();
+) -> Result<web_sys::Response> {
     let url = raw.url();
     let Some((path, path_and_query)) = forward::split_url(&url) else {
         return render(&Reply::not_found());
     };
     let route = config.routes.classify(path);
-    let method = raw.method();
     match route {
         Route::NotFound => return render(&Reply::not_found()),
-        Route::KvSync => return kv_sync(req, env, config).await,
+        Route::KvSync => {
+            let response = kv_sync(
+                Request::from(<web_sys::Request as Clone>::clone(raw)),
+                env,
+                config,
+            )
+            .await?;
+            return Ok(response.into());
+        }
         Route::Origin | Route::Protected | Route::Public => {}
     }
-    let request_method = raw
-        .headers()
-        .get("access-control-request-method")
-        .ok()
-        .flatten();
-    if Cors::is_preflight(&method, origin, request_method.as_deref()) {
+    let request_method = if method == "OPTIONS" {
+        raw.headers()
+            .get("access-control-request-method")
+            .ok()
+            .flatten()
+    } else {
+        None
+    };
+    if Cors::is_preflight(method, origin, request_method.as_deref()) {
         let asked = raw
             .headers()
             .get("access-control-request-headers")
@@ -168,27 +201,30 @@ async fn handle(
             asked.as_deref(),
         ) {
             Preflight::Allowed(headers) => {
-                let out = Headers::new();
+                let out = web_sys::Headers::new()?;
                 for (name, value) in headers {
                     out.set(name, &value)?;
                 }
-                Ok(Response::empty()?.with_status(204).with_headers(out))
+                let init = web_sys::ResponseInit::new();
+                init.set_status(204);
+                init.set_headers(&out);
+                Ok(web_sys::Response::new_with_opt_str_and_init(None, &init)?)
             }
             // Answered here without CORS headers: the browser refuses the request.
             Preflight::Refused(why) => render(&Reply::forbidden(why)),
         };
     }
-    if !is_forwarded_method(&method) {
+    if !is_forwarded_method(method) {
         return render(&Reply::method_not_allowed());
     }
     let target = Target {
-        method: &method,
+        method,
         path_and_query,
         client_ip: client_ip(raw),
     };
     match route {
         Route::Origin => {
-            let body = match auth_body(raw, &method).await? {
+            let body = match auth_body(raw, method).await? {
                 Ok(body) => body,
                 Err(reply) => return render(&reply),
             };
@@ -204,7 +240,7 @@ async fn handle(
             .await
         }
         Route::Public => {
-            let body = has_body(&method)
+            let body = has_body(method)
                 .then(|| raw.body().map(JsValue::from))
                 .flatten();
             let keep = config.forward_authorization_to_public;
@@ -253,9 +289,9 @@ async fn auth_body(
 }
 
 /// Applies the origin's signed KV operations (only when the store is KV).
-async fn kv_sync(mut req: Request, env: &Env, config: &Config) -> Result<Response> {
+async fn kv_sync(mut req: Request, env: &Env, config: &Config) -> Result<worker::Response> {
     if config.store != StoreKind::Kv || req.method() != Method::Post {
-        return render(&Reply::not_found());
+        return Ok(render(&Reply::not_found())?.into());
     }
     let time = req.headers().get(shared::proof::message_header::TIME)?;
     let given = req.headers().get(shared::proof::message_header::PROOF)?;
@@ -270,10 +306,11 @@ async fn kv_sync(mut req: Request, env: &Env, config: &Config) -> Result<Respons
     ) {
         Ok(ops) => ops,
         Err(crate::sync::Refused::Unauthenticated) => {
-            return render(&Reply::error(401, "invalid_client", "bad or missing proof"));
+            let reply = Reply::error(401, "invalid_client", "bad or missing proof");
+            return Ok(render(&reply)?.into());
         }
         Err(crate::sync::Refused::Invalid(why)) => {
-            return render(&Reply::error(400, "invalid_request", why));
+            return Ok(render(&Reply::error(400, "invalid_request", why))?.into());
         }
     };
     let kv = env.kv("SESSIONS")?;
@@ -290,7 +327,7 @@ async fn kv_sync(mut req: Request, env: &Env, config: &Config) -> Result<Respons
         }
         put.execute().await?;
     }
-    Ok(Response::empty()?.with_status(204))
+    Ok(worker::Response::empty()?.with_status(204))
 }
 
 /// The client's address as Cloudflare saw it.
@@ -321,7 +358,7 @@ async fn send(
     identity: Option<Identity<'_>>,
     keep_authorization: bool,
     body: Option<JsValue>,
-) -> Result<Response> {
+) -> Result<web_sys::Response> {
     // One native copy, then the few deletions: cheaper than rebuilding header by header.
     let headers = web_sys::Headers::new_with_headers(&raw.headers())?;
     let mut dropped = Vec::new();
@@ -357,9 +394,7 @@ async fn send(
     let url = format!("{base}{}", target.path_and_query);
     let global: web_sys::WorkerGlobalScope = js_sys::global().unchecked_into();
     match JsFuture::from(global.fetch_with_str_and_init(&url, &init)).await {
-        Ok(response) => Ok(Response::from(
-            response.unchecked_into::<web_sys::Response>(),
-        )),
+        Ok(response) => Ok(response.unchecked_into()),
         Err(e) => {
             let name = js_sys::Reflect::get(&e, &"name".into())
                 .ok()
@@ -404,11 +439,19 @@ async fn protected(
     target: &Target<'_>,
     env: &Env,
     config: &Config,
-) -> Result<Response> {
+) -> Result<web_sys::Response> {
     let started = js_sys::Date::now();
     let mut timings = Timings::default();
     let checked = check(raw, target, env, config, &mut timings).await;
-    if let Ok(dataset) = env.analytics_engine("ANALYTICS") {
+    let analytics = ANALYTICS.get().unwrap_or_else(|| {
+        let bound = env.analytics_engine("ANALYTICS").is_ok();
+        ANALYTICS.set(Some(bound));
+        bound
+    });
+    if let Some(dataset) = analytics
+        .then(|| env.analytics_engine("ANALYTICS").ok())
+        .flatten()
+    {
         let outcome = match &checked {
             Ok((_, _, via)) => Outcome::Valid(*via),
             Err((_, outcome)) => *outcome,
