@@ -158,16 +158,36 @@ impl Stack {
         .await;
     }
 
-    /// Starts the plain-JavaScript reference worker against the same REST front and
-    /// upstream; returns its URL.
+    /// Starts the JavaScript reference workers (`bench/reference-worker.js`, bundled
+    /// with `jose` by esbuild) against the same REST front and upstream, with the
+    /// origin's JWKS; returns its URL.
     pub async fn start_reference(&mut self, settings: &Settings, dir: &Path) -> String {
         let port = free_port();
         let config = dir.join("reference.capnp");
-        std::fs::copy(
-            settings.root.join("bench/reference-worker.js"),
-            dir.join("reference-worker.js"),
-        )
-        .expect("bench/reference-worker.js");
+        let bundled = Command::new(settings.root.join("node_modules/.bin/esbuild"))
+            .arg(settings.root.join("bench/reference-worker.js"))
+            .args([
+                "--bundle",
+                "--format=esm",
+                "--platform=neutral",
+                "--log-level=warning",
+            ])
+            .arg("--conditions=worker,browser")
+            .arg(format!(
+                "--outfile={}",
+                dir.join("reference-worker.js").display()
+            ))
+            .status()
+            .expect("esbuild (npm, with wrangler)");
+        assert!(bundled.success(), "bundling bench/reference-worker.js");
+        let jwks = reqwest::get(format!("{}/.well-known/jwks.json", self.origin_url))
+            .await
+            .expect("the origin's JWKS")
+            .text()
+            .await
+            .unwrap();
+        // A capnp text literal: the JWKS's quotes escaped.
+        let jwks = jwks.replace('\\', "\\\\").replace('"', "\\\"");
         let text = format!(
             r#"using Workerd = import "/workerd/workerd.capnp";
 const config :Workerd.Config = (
@@ -184,6 +204,10 @@ const reference :Workerd.Worker = (
     (name = "UPSTASH_URL", text = "{rest}"),
     (name = "UPSTASH_TOKEN", text = "{REST_TOKEN}"),
     (name = "UPSTREAM_URL", text = "{upstream}"),
+    (name = "ISSUER", text = "{ISSUER}"),
+    (name = "AUDIENCE", text = "{AUDIENCE}"),
+    (name = "KEY_PREFIX", text = "{prefix}"),
+    (name = "JWKS", text = "{jwks}"),
   ],
   globalOutbound = "internet",
 );
@@ -191,6 +215,7 @@ const reference :Workerd.Worker = (
             date = wrangler_compatibility_date(&settings.root),
             rest = self.rest_url,
             upstream = self.upstream_url,
+            prefix = self.prefix,
         );
         std::fs::write(&config, text).expect("writing the reference config");
         let mut command = Command::new(&settings.workerd_bin);
@@ -199,7 +224,7 @@ const reference :Workerd.Worker = (
         let url = format!("http://127.0.0.1:{port}");
         wait_healthy(
             &mut process,
-            &format!("{url}/api/ready"),
+            &format!("{url}/public/ready"),
             Duration::from_secs(30),
         )
         .await;
