@@ -195,6 +195,7 @@ async fn the_edge_forwards_only_what_it_knows_with_the_real_method_and_polices_t
         allowed.headers()["access-control-allow-origin"],
         "https://app.example"
     );
+    assert_eq!(allowed.headers()["vary"], "Origin", "listed once");
     let refused = preflight("https://evil.example").await.unwrap();
     assert_eq!(refused.status().as_u16(), 403);
     assert!(
