@@ -105,6 +105,21 @@ impl Cors {
         }
     }
 
+    /// The `Vary` value once `Origin` is in it: `None` when it already is (a preflight
+    /// answer, or an upstream that varies on it itself), so it is never listed twice.
+    pub fn vary_with_origin(existing: Option<&str>) -> Option<String> {
+        match existing.map(str::trim).filter(|v| !v.is_empty()) {
+            None => Some("Origin".into()),
+            Some(v)
+                if v.split(',')
+                    .any(|f| f.trim().eq_ignore_ascii_case("origin") || f.trim() == "*") =>
+            {
+                None
+            }
+            Some(v) => Some(format!("{v}, Origin")),
+        }
+    }
+
     fn allowed_headers(&self, origin: &str) -> Vec<(&'static str, String)> {
         vec![
             ("access-control-allow-origin", origin.to_string()),
@@ -188,6 +203,18 @@ mod tests {
         );
         assert!(Cors::is_preflight("OPTIONS", Some("o"), Some("GET")));
         assert!(!Cors::is_preflight("OPTIONS", Some("o"), None));
+    }
+
+    #[test]
+    fn vary_lists_origin_once() {
+        assert_eq!(Cors::vary_with_origin(None).as_deref(), Some("Origin"));
+        assert_eq!(
+            Cors::vary_with_origin(Some("Accept-Encoding")).as_deref(),
+            Some("Accept-Encoding, Origin")
+        );
+        assert_eq!(Cors::vary_with_origin(Some("origin")), None);
+        assert_eq!(Cors::vary_with_origin(Some("Accept, Origin")), None);
+        assert_eq!(Cors::vary_with_origin(Some("*")), None);
     }
 
     #[test]

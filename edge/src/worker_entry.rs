@@ -144,7 +144,10 @@ fn with_cors(
     let copy = web_sys::Headers::new_with_headers(&inner.headers())?;
     for (name, value) in headers {
         if name == "vary" {
-            copy.append(name, &value)?;
+            let existing = copy.get("vary").ok().flatten();
+            if let Some(vary) = Cors::vary_with_origin(existing.as_deref()) {
+                copy.set("vary", &vary)?;
+            }
         } else {
             copy.set(name, &value)?;
         }
