@@ -245,14 +245,18 @@ impl Seen {
 pub struct Recorder {
     pub port: u16,
     pub seen: Arc<Mutex<Vec<Seen>>>,
+    target: Arc<Mutex<String>>,
 }
 
 impl Recorder {
-    pub fn start(origin: String) -> Recorder {
+    /// Listens at once; relays to the origin set by [`Recorder::relay_to`] (the origin
+    /// is started knowing this recorder's address, as its `UPSTREAM_AUTHORITY`).
+    pub fn start() -> Recorder {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
-        let seen2 = seen.clone();
+        let target: Arc<Mutex<String>> = Arc::default();
+        let (seen2, target2) = (seen.clone(), target.clone());
         std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -263,8 +267,9 @@ impl Recorder {
                 let listener = tokio::net::TcpListener::from_std(listener).unwrap();
                 let http = reqwest::Client::new();
                 let app = axum::Router::new().fallback(move |request: axum::extract::Request| {
-                    let (seen, http, origin) = (seen2.clone(), http.clone(), origin.clone());
+                    let (seen, http, target) = (seen2.clone(), http.clone(), target2.clone());
                     async move {
+                        let origin = target.lock().unwrap().clone();
                         let (parts, body) = request.into_parts();
                         let headers: Vec<(String, String)> = parts
                             .headers
@@ -304,7 +309,11 @@ impl Recorder {
                 axum::serve(listener, app).await.unwrap();
             });
         });
-        Recorder { port, seen }
+        Recorder { port, seen, target }
+    }
+
+    pub fn relay_to(&self, origin: &str) {
+        *self.target.lock().unwrap() = origin.to_string();
     }
 
     pub fn seen(&self) -> Vec<Seen> {
@@ -557,10 +566,10 @@ impl Stack {
             options.rest_delay_ms,
         );
 
+        let recorder = Recorder::start();
         let origin_port = free_port();
         let origin = format!("http://127.0.0.1:{origin_port}");
         let key_file = dir.0.join("dev.key");
-        let edge_port = free_port();
         let mut origin_command: Vec<(String, String)> = [
             ("DATABASE_URL", database_url.clone()),
             ("REDIS_URL", redis_url.clone()),
@@ -576,21 +585,21 @@ impl Stack {
             // The suites register and log in many users from one address.
             ("REGISTRATIONS_PER_ADDRESS", "100000".into()),
             ("LOGIN_ATTEMPTS_PER_ADDRESS", "100000".into()),
+            // The origin serves the API behind the recorder: the edge's proofs for
+            // `/api/*` name the recorder's address.
+            ("UPSTREAM_AUTHORITY", format!("127.0.0.1:{}", recorder.port)),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect();
-        let kv_gate = (options.session_store == "kv" && options.kv_gate).then(PushGate::start);
-        if options.session_store == "kv" {
-            let edge_kv = format!("http://127.0.0.1:{edge_port}/__edge/kv");
-            let url = match &kv_gate {
-                Some(gate) => {
-                    *gate.target.lock().unwrap() = edge_kv;
-                    format!("http://127.0.0.1:{}/__edge/kv", gate.port)
-                }
-                None => edge_kv,
-            };
-            origin_command.push(("EDGE_KV_SYNC_URL".into(), url));
+        // With the KV store the origin pushes to the edge through a relay, so the edge
+        // may move to another port (below) without restarting the origin.
+        let kv_relay = (options.session_store == "kv").then(PushGate::start);
+        if let Some(relay) = &kv_relay {
+            origin_command.push((
+                "EDGE_KV_SYNC_URL".into(),
+                format!("http://127.0.0.1:{}/__edge/kv", relay.port),
+            ));
         }
         for (name, value) in &options.origin_env {
             origin_command.retain(|(k, _)| k != name);
@@ -622,7 +631,7 @@ impl Stack {
             panic!("origin did not become healthy at {url}:\n{}", process.log());
         };
 
-        let recorder = Recorder::start(origin.clone());
+        recorder.relay_to(&origin);
         let mut vars = vec![
             ("ORIGIN_URL", origin.clone()),
             (
@@ -642,28 +651,51 @@ impl Stack {
             vars.retain(|(k, _)| k != name);
             vars.push((name, value.clone()));
         }
-        let mut command = Command::new(&wrangler_bin);
-        command
-            .current_dir(&root)
-            .args(["dev", "--ip", "127.0.0.1", "--port", &edge_port.to_string()])
-            .args(["--inspector-port", &free_port().to_string(), "--persist-to"])
-            .arg(dir.0.join("wrangler-state"))
-            .env("WRANGLER_SEND_METRICS", "false")
-            .env("CLOUDFLARE_CF_FETCH_ENABLED", "false")
-            .env("WRANGLER_LOG_PATH", dir.0.join("wrangler-logs"))
-            .env("NO_COLOR", "1");
-        for (name, value) in &vars {
-            command.arg("--var").arg(format!("{name}:{value}"));
-        }
-        let mut wrangler = Process::spawn("wrangler dev", command);
-        let edge = format!("http://127.0.0.1:{edge_port}");
-        // The JWKS passes through the edge to the origin: healthy means both are up.
-        wait_healthy(
-            &mut wrangler,
-            &format!("{edge}/.well-known/jwks.json"),
-            Duration::from_secs(90),
-        )
-        .await;
+        // As with the origin: a port may be taken between `free_port` and the bind
+        // (workerd then exits with "Address already in use"), so try other ports.
+        let mut attempts = 0;
+        let (wrangler, edge) = loop {
+            attempts += 1;
+            let edge = format!("http://127.0.0.1:{}", free_port());
+            if let Some(relay) = &kv_relay {
+                *relay.target.lock().unwrap() = format!("{edge}/__edge/kv");
+            }
+            let mut command = Command::new(&wrangler_bin);
+            command
+                .current_dir(&root)
+                .args([
+                    "dev",
+                    "--ip",
+                    "127.0.0.1",
+                    "--port",
+                    edge.rsplit(':').next().unwrap(),
+                ])
+                .args(["--inspector-port", &free_port().to_string(), "--persist-to"])
+                .arg(dir.0.join("wrangler-state"))
+                .env("WRANGLER_SEND_METRICS", "false")
+                .env("CLOUDFLARE_CF_FETCH_ENABLED", "false")
+                .env("WRANGLER_LOG_PATH", dir.0.join("wrangler-logs"))
+                .env("NO_COLOR", "1");
+            for (name, value) in &vars {
+                command.arg("--var").arg(format!("{name}:{value}"));
+            }
+            let mut wrangler = Process::spawn("wrangler dev", command);
+            // The JWKS passes through the edge to the origin: healthy means both are up.
+            let url = format!("{edge}/.well-known/jwks.json");
+            if became_healthy(&mut wrangler, &url, Duration::from_secs(90)).await {
+                break (wrangler, edge);
+            }
+            wrangler.stop();
+            if attempts < 4 && wrangler.log().contains("Address already in use") {
+                continue;
+            }
+            panic!(
+                "wrangler dev did not become healthy at {url}:\n{}",
+                wrangler.log()
+            );
+        };
+        // Dropping an unrequested relay leaves its thread relaying: only the handle goes.
+        let kv_gate = if options.kv_gate { kv_relay } else { None };
 
         Stack {
             edge,
