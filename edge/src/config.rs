@@ -19,8 +19,13 @@ pub enum StoreKind {
 pub struct Config {
     /// Where `/auth/*`, the JWKS and the degraded-mode check go.
     pub origin_url: String,
+    /// `host:port` of `origin_url`, which the proofs sent there cover: the origin
+    /// checks it against its `ORIGIN_AUTHORITY`.
+    pub origin_authority: String,
     /// Where validated (and public) requests go. Defaults to the origin.
     pub upstream_url: String,
+    /// `host:port` of `upstream_url`, covered by the proofs sent there.
+    pub upstream_authority: String,
     /// Protected paths (`PROTECTED_PATHS`, default `/api/`) and public ones
     /// (`PUBLIC_PATHS`, default none).
     pub routes: Routes,
@@ -119,8 +124,11 @@ impl Config {
                 ..Default::default()
             },
         );
+        let upstream_url = upstream_url.unwrap_or_else(|| origin_url.clone());
         Ok(Config {
-            upstream_url: upstream_url.unwrap_or_else(|| origin_url.clone()),
+            origin_authority: authority("ORIGIN_URL", &origin_url)?,
+            upstream_authority: authority("UPSTREAM_URL", &upstream_url)?,
+            upstream_url,
             origin_url,
             routes,
             cors,
@@ -164,6 +172,11 @@ fn base_url(name: &str, value: &str) -> Result<String, String> {
     Ok(value.to_string())
 }
 
+/// The `host:port` a proof to `url` covers (`shared::proof::authority`).
+fn authority(name: &str, url: &str) -> Result<String, String> {
+    shared::proof::authority(url).ok_or_else(|| format!("{name} has no valid host:port"))
+}
+
 /// Whether `host[:port]` names this machine: `localhost`, 127.0.0.0/8 or `[::1]`.
 pub fn is_loopback_host(authority: &str) -> bool {
     let host = if let Some(v6) = authority.strip_prefix('[') {
@@ -204,6 +217,8 @@ mod tests {
         let config = Config::from_env(env(&BASE)).unwrap();
         assert_eq!(config.origin_url, "http://127.0.0.1:8080");
         assert_eq!(config.upstream_url, "http://127.0.0.1:8080");
+        assert_eq!(config.origin_authority, "127.0.0.1:8080");
+        assert_eq!(config.upstream_authority, "127.0.0.1:8080");
         assert_eq!(config.routes.protected(), ["/api"]);
         assert!(config.routes.public().is_empty());
         assert_eq!(config.jwks_stale_secs, 300);
@@ -286,6 +301,8 @@ mod tests {
         .unwrap();
         assert_eq!(config.origin_url, "https://auth.example");
         assert_eq!(config.upstream_url, "http://localhost:9000");
+        assert_eq!(config.origin_authority, "auth.example:443");
+        assert_eq!(config.upstream_authority, "localhost:9000");
         assert!(with(&[("ORIGIN_URL", "http://127.9.9.9:1")]).is_ok());
         assert!(with(&[("ORIGIN_URL", "http://128.0.0.1")]).is_err());
         assert!(with(&[("ORIGIN_URL", "http://127.0.0.1.evil.example")]).is_err());

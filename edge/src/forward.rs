@@ -38,10 +38,11 @@ pub fn is_forwarded(name: &str, keep_authorization: bool) -> bool {
 }
 
 /// The headers that carry the client's address, the identity (on protected paths)
-/// and their proof, for a request to `method` `path_and_query` at `now`, signed with
-/// the key of the receiver's purpose.
+/// and their proof, for a request to `method` `path_and_query` at `authority` (the
+/// receiver's `host:port`) at `now`, signed with the key of the receiver's purpose.
 pub fn proof_headers(
     key: &[u8; 32],
+    authority: &str,
     method: &str,
     path_and_query: &str,
     client_ip: &str,
@@ -49,6 +50,7 @@ pub fn proof_headers(
     now: u64,
 ) -> Vec<(&'static str, String)> {
     let request = RequestProof {
+        authority,
         method,
         path_and_query,
         client_ip,
@@ -133,6 +135,7 @@ mod tests {
         };
         let headers = proof_headers(
             &keys.upstream,
+            "api.internal:443",
             "GET",
             "/api/me?a=1",
             "203.0.113.1",
@@ -147,6 +150,7 @@ mod tests {
         };
         assert_eq!(get(proof::header::USER_ID), Some("u"));
         let request = RequestProof {
+            authority: "api.internal:443",
             method: "GET",
             path_and_query: "/api/me?a=1",
             client_ip: get(proof::header::CLIENT_IP).unwrap(),
@@ -156,9 +160,15 @@ mod tests {
         let given = get(proof::header::PROOF).unwrap();
         assert_eq!(request.verify(&keys.upstream, given, 1001), Ok(()));
         assert!(request.verify(&keys.origin, given, 1001).is_err());
+        let elsewhere = RequestProof {
+            authority: "billing.internal:443",
+            ..request
+        };
+        assert!(elsewhere.verify(&keys.upstream, given, 1001).is_err());
 
         let anonymous = proof_headers(
             &keys.origin,
+            "auth.internal:443",
             "POST",
             "/auth/login",
             "203.0.113.1",

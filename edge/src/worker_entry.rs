@@ -234,7 +234,7 @@ async fn handle(
             send(
                 raw,
                 &target,
-                &config.origin_url,
+                (&config.origin_url, &config.origin_authority),
                 &config.keys.origin,
                 None,
                 true,
@@ -250,7 +250,7 @@ async fn handle(
             send(
                 raw,
                 &target,
-                &config.upstream_url,
+                (&config.upstream_url, &config.upstream_authority),
                 &config.keys.upstream,
                 None,
                 keep,
@@ -351,12 +351,12 @@ struct Target<'a> {
 
 /// Sends the request to `base` + its path and query: headers a client may not set are
 /// removed (and `authorization` unless `keep_authorization`), the client's address
-/// (and on a protected path the identity) added with a proof signed by `key`,
-/// redirects not followed, within [`FORWARD_TIMEOUT_MS`].
+/// (and on a protected path the identity) added with a proof for `base`'s `authority`
+/// signed by `key`, redirects not followed, within [`FORWARD_TIMEOUT_MS`].
 async fn send(
     raw: &web_sys::Request,
     target: &Target<'_>,
-    base: &str,
+    (base, authority): (&str, &str),
     key: &[u8; 32],
     identity: Option<Identity<'_>>,
     keep_authorization: bool,
@@ -376,6 +376,7 @@ async fn send(
     }
     for (name, value) in forward::proof_headers(
         key,
+        authority,
         target.method,
         target.path_and_query,
         &target.client_ip,
@@ -490,7 +491,7 @@ async fn protected(
     send(
         raw,
         target,
-        &config.upstream_url,
+        (&config.upstream_url, &config.upstream_authority),
         &config.keys.upstream,
         Some(id),
         false,
@@ -853,9 +854,15 @@ async fn fallback(config: &Config, claims: &VerifiedClaims, ip: &str) -> Option<
         scope: claims.scope(),
     };
     let headers = Headers::new();
-    for (name, value) in
-        forward::proof_headers(&config.keys.validate, "POST", path, ip, Some(id), now())
-    {
+    for (name, value) in forward::proof_headers(
+        &config.keys.validate,
+        &config.origin_authority,
+        "POST",
+        path,
+        ip,
+        Some(id),
+        now(),
+    ) {
         headers.set(name, &value).ok()?;
     }
     let mut init = RequestInit::new();

@@ -23,9 +23,9 @@ impl FromRequestParts<AppState> for Caller {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         // Behind the edge: the identity it proved with the upstream key.
         let vouched = state
-            .proof_keys
+            .edge
             .as_ref()
-            .and_then(|keys| crate::edge::vouched(parts, &keys.upstream, shared::unix_now()))
+            .and_then(|edge| edge.upstream(parts))
             .and_then(|v| v.identity);
         if let Some(edge) = vouched {
             return Ok(Caller {

@@ -118,6 +118,20 @@ pub struct Config {
     #[arg(long, env = "EDGE_SECRET", hide_env_values = true)]
     pub edge_secret: Option<SecretString>,
 
+    /// `host:port` of this origin as the edge's `ORIGIN_URL` names it
+    /// (`auth.internal:443`): proofs on `/auth/*` and `/internal/validate` must cover
+    /// it, so a proof made for another service sharing `EDGE_SECRET` is refused here.
+    /// Default: `LISTEN_ADDR`, unless that listens on every address (as in the
+    /// container), where it must be set when `EDGE_SECRET` is.
+    #[arg(long, env = "ORIGIN_AUTHORITY", value_parser = parse_authority)]
+    pub origin_authority: Option<String>,
+
+    /// `host:port` of the edge's `UPSTREAM_URL`, for the identity proofs this origin
+    /// accepts on its example API (`/api/*`). Default: `ORIGIN_AUTHORITY` (the edge's
+    /// upstream defaults to its origin).
+    #[arg(long, env = "UPSTREAM_AUTHORITY", value_parser = parse_authority)]
+    pub upstream_authority: Option<String>,
+
     /// The edge's KV sync endpoint (`https://<worker>/__edge/kv`), for deployments whose
     /// edge reads sessions from Workers KV: every record change is pushed there too,
     /// signed with `EDGE_SECRET`. Unset: Redis only.
@@ -188,4 +202,15 @@ pub struct Config {
     /// `json` or `text`.
     #[arg(long, env = "LOG_FORMAT", default_value = "text")]
     pub log_format: String,
+}
+
+/// A `host:port` setting, written as proofs cover it (`shared::proof::authority`):
+/// host in lower case, the port required.
+fn parse_authority(value: &str) -> Result<String, String> {
+    let has_port = value
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| !p.contains(']'));
+    shared::proof::authority(&format!("http://{value}"))
+        .filter(|_| has_port && !value.contains(['/', '?', '#']))
+        .ok_or_else(|| format!("{value:?} is not host:port (e.g. auth.internal:443)"))
 }

@@ -6,8 +6,50 @@
 use std::net::IpAddr;
 
 use axum::http::request::Parts;
-use shared::proof::{self, Identity, RequestProof};
+use shared::proof::{self, Identity, ProofKeys, RequestProof};
 use uuid::Uuid;
+
+/// What this origin needs to believe the edge: the keys derived from `EDGE_SECRET`
+/// and the `host:port` the edge reaches it at, per role.
+pub struct EdgeTrust {
+    pub keys: ProofKeys,
+    /// `ORIGIN_AUTHORITY`: for `/auth/*` and `/internal/validate`.
+    pub origin_authority: String,
+    /// `UPSTREAM_AUTHORITY`: for the example API, where this origin is the upstream.
+    pub upstream_authority: String,
+}
+
+impl EdgeTrust {
+    /// A request the edge forwarded to the origin (`/auth/*`): the client's address.
+    pub fn origin(&self, parts: &Parts) -> Option<Vouched> {
+        vouched(
+            parts,
+            &self.keys.origin,
+            &self.origin_authority,
+            shared::unix_now(),
+        )
+    }
+
+    /// The edge's degraded-mode check (`/internal/validate`).
+    pub fn validate(&self, parts: &Parts) -> Option<Vouched> {
+        vouched(
+            parts,
+            &self.keys.validate,
+            &self.origin_authority,
+            shared::unix_now(),
+        )
+    }
+
+    /// A request the edge forwarded to the API with a verified identity.
+    pub fn upstream(&self, parts: &Parts) -> Option<Vouched> {
+        vouched(
+            parts,
+            &self.keys.upstream,
+            &self.upstream_authority,
+            shared::unix_now(),
+        )
+    }
+}
 
 /// An identity forwarded by the edge.
 #[derive(Debug)]
@@ -24,10 +66,10 @@ pub struct Vouched {
     pub identity: Option<EdgeIdentity>,
 }
 
-/// Checks the edge's headers on a request against `key` at `now`. `None` when they
-/// are absent, malformed, stale, or made for another method, path, query, address,
-/// identity or purpose.
-pub fn vouched(parts: &Parts, key: &[u8; 32], now: u64) -> Option<Vouched> {
+/// Checks the edge's headers on a request against `key` and this receiver's
+/// `authority` at `now`. `None` when they are absent, malformed, stale, or made for
+/// another receiver, method, path, query, address, identity or purpose.
+pub fn vouched(parts: &Parts, key: &[u8; 32], authority: &str, now: u64) -> Option<Vouched> {
     let get = |name: &str| {
         let mut values = parts.headers.get_all(name).iter();
         let value = values.next()?.to_str().ok()?;
@@ -44,6 +86,7 @@ pub fn vouched(parts: &Parts, key: &[u8; 32], now: u64) -> Option<Vouched> {
     };
     let client_ip = get(proof::header::CLIENT_IP)?;
     let request = RequestProof {
+        authority,
         method: parts.method.as_str(),
         path_and_query: parts.uri.path_and_query().map_or("/", |p| p.as_str()),
         client_ip,

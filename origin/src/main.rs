@@ -57,6 +57,31 @@ async fn bind(setting: &str, addr: SocketAddr) -> Result<tokio::net::TcpListener
         .map_err(|e| format!("{setting} {addr}: cannot listen: {e}"))
 }
 
+/// The edge's keys and the `host:port` its proofs must cover here. A listener on
+/// every address says nothing about the name the edge uses, so then the setting is
+/// required rather than guessed.
+fn edge_trust(config: &Config, secret: &str) -> Result<origin::edge::EdgeTrust, String> {
+    let origin_authority = match &config.origin_authority {
+        Some(authority) => authority.clone(),
+        None if config.listen_addr.ip().is_unspecified() => {
+            return Err(format!(
+                "ORIGIN_AUTHORITY is not set: with EDGE_SECRET and LISTEN_ADDR {} it must \
+                 name the host:port of the edge's ORIGIN_URL",
+                config.listen_addr
+            ));
+        }
+        None => config.listen_addr.to_string(),
+    };
+    Ok(origin::edge::EdgeTrust {
+        keys: shared::proof::ProofKeys::derive(secret.as_bytes()),
+        upstream_authority: config
+            .upstream_authority
+            .clone()
+            .unwrap_or_else(|| origin_authority.clone()),
+        origin_authority,
+    })
+}
+
 async fn run(config: Config) -> Result<(), String> {
     // Listeners first: a taken port is a mistake to report at once, not after waiting
     // for Postgres.
@@ -69,19 +94,18 @@ async fn run(config: Config) -> Result<(), String> {
     {
         return Err("EDGE_SECRET must be at least 32 bytes".into());
     }
+    let edge = match &config.edge_secret {
+        Some(secret) => Some(Arc::new(edge_trust(&config, secret.expose_secret())?)),
+        None => None,
+    };
     let keys = Keys::load(&config)?;
     let db = connect_db(config.database_url.expose_secret()).await?;
     origin::MIGRATOR
         .run(&db)
         .await
         .map_err(|e| format!("applying migrations: {e}"))?;
-    let proof_keys = config.edge_secret.as_ref().map(|s| {
-        Arc::new(shared::proof::ProofKeys::derive(
-            s.expose_secret().as_bytes(),
-        ))
-    });
-    let kv = match (&config.edge_kv_sync_url, &proof_keys) {
-        (Some(url), Some(keys)) => Some(origin::store::KvSync::new(url.clone(), keys.kv_sync)),
+    let kv = match (&config.edge_kv_sync_url, &edge) {
+        (Some(url), Some(edge)) => Some(origin::store::KvSync::new(url.clone(), edge.keys.kv_sync)),
         (Some(_), None) => return Err("EDGE_KV_SYNC_URL needs EDGE_SECRET".into()),
         (None, _) => None,
     };
@@ -120,7 +144,7 @@ async fn run(config: Config) -> Result<(), String> {
         validator: Arc::new(validator),
         hasher,
         fallback_limit: Arc::new(RateLimit::new(config.fallback_rate_per_sec)),
-        proof_keys,
+        edge,
         usernames: Default::default(),
         config: Arc::new(config),
     };

@@ -6,7 +6,6 @@ use std::time::Instant;
 
 use secrecy::SecretString;
 use shared::Validator;
-use shared::proof::ProofKeys;
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -28,8 +27,9 @@ pub struct AppState {
     pub fallback_limit: Arc<RateLimit>,
     /// Writes what commits changed to the store.
     pub publisher: crate::publish::Publisher,
-    /// Keys derived from `EDGE_SECRET`, one per purpose; `None` without the edge.
-    pub proof_keys: Option<Arc<ProofKeys>>,
+    /// Keys derived from `EDGE_SECRET` and the authorities proofs must cover; `None`
+    /// without the edge.
+    pub edge: Option<Arc<crate::edge::EdgeTrust>>,
     /// user id → username. Usernames never change, so the example API answers
     /// without a database query after the first request of a user.
     pub usernames: Arc<Mutex<HashMap<Uuid, String>>>,

@@ -283,6 +283,42 @@ async fn an_origin_that_cannot_bind_a_listener_exits_at_once_naming_it() {
     }
 }
 
+/// Expected (issue 12, item 8): proofs cover the receiver's `host:port`, so an origin
+/// listening on every address cannot guess the name the edge uses: it refuses to start
+/// with `EDGE_SECRET` and no `ORIGIN_AUTHORITY`, naming the setting, and refuses a
+/// malformed one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_origin_on_every_address_needs_the_authority_the_edge_uses() {
+    for (authority, expected) in [
+        (None, "ORIGIN_AUTHORITY is not set"),
+        (Some("auth.internal"), "is not host:port"),
+        (Some("https://auth.internal:443"), "is not host:port"),
+    ] {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_origin"));
+        command
+            .env_clear()
+            .env("DATABASE_URL", "postgres://postgres@127.0.0.1:1/none")
+            .env("REDIS_URL", DEAD_REDIS)
+            .env("LISTEN_ADDR", format!("0.0.0.0:{}", common::free_port()))
+            .env(
+                "OPS_LISTEN_ADDR",
+                format!("127.0.0.1:{}", common::free_port()),
+            )
+            .env("EDGE_SECRET", "an edge secret of at least 32 bytes, surely")
+            .env(
+                "SIGNING_KEY_FILE",
+                std::env::temp_dir().join(format!("authority-{}.key", common::random_hex())),
+            );
+        if let Some(authority) = authority {
+            command.env("ORIGIN_AUTHORITY", authority);
+        }
+        let output = command.output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{authority:?}: {stderr}");
+        assert!(stderr.contains(expected), "{authority:?}: {stderr}");
+    }
+}
+
 /// Expected (DESIGN.md §3): a write lands only when newer than what is stored, so a
 /// record delayed past the tombstone that followed it (a timed-out SET, a retried
 /// push) changes nothing, nor does one whose expiry has passed. Straight against the

@@ -381,8 +381,10 @@ async fn identity_headers_sent_straight_to_the_origin_grant_nothing() {
         session_id: &sid,
         scope: &scope,
     };
-    let sign = |key: &[u8; 32], path: &str, time: u64| {
+    let authority = origin.authority();
+    let sign_for = |authority: &str, key: &[u8; 32], path: &str, time: u64| {
         RequestProof {
+            authority,
             method: "GET",
             path_and_query: path,
             client_ip: "203.0.113.9",
@@ -391,6 +393,8 @@ async fn identity_headers_sent_straight_to_the_origin_grant_nothing() {
         }
         .sign(key)
     };
+    let sign = |key: &[u8; 32], path: &str, time: u64| sign_for(&authority, key, path, time);
+    let other_service = sign_for("billing.internal:443", &keys.upstream, "/api/me", now);
     let other_secret = sign(
         &ProofKeys::derive(b"not the edge secret, not the edge secret").upstream,
         "/api/me",
@@ -415,6 +419,10 @@ async fn identity_headers_sent_straight_to_the_origin_grant_nothing() {
         (
             "identity headers, proof made with the key of another purpose",
             vec![(header::PROOF, &other_purpose), (header::TIME, &now_text)],
+        ),
+        (
+            "identity headers, proof made for another service sharing the key",
+            vec![(header::PROOF, &other_service), (header::TIME, &now_text)],
         ),
         (
             "identity headers, proof for another path",

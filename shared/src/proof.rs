@@ -7,21 +7,23 @@
 //! pushes nor ask the origin's `/internal/validate`.
 //!
 //! Every request the edge forwards carries the client's address, the time and an
-//! HMAC-SHA256 over them, the method, the path with its raw query and, on a protected
-//! path, the verified identity ([`RequestProof`]). The receiver recomputes it and
-//! accepts what it vouches for only when it matches and is recent, so a client that
-//! reaches the origin directly, replays the headers onto another path or query, or
-//! sends its own `x-auth-*` headers, gains nothing.
+//! HMAC-SHA256 over them, the receiver's `host:port`, the method, the path with its raw
+//! query and, on a protected path, the verified identity ([`RequestProof`]). The
+//! receiver recomputes it with its own `host:port` (a setting, never the `Host` header)
+//! and accepts what it vouches for only when it matches and is recent, so a client that
+//! reaches the origin directly, replays the headers onto another path, query or
+//! service sharing the key, or sends its own `x-auth-*` headers, gains nothing.
 //!
 //! ```
 //! use shared::proof::{Identity, ProofKeys, RequestProof};
 //!
 //! let keys = ProofKeys::derive(b"0123456789abcdef0123456789abcdef");
 //! let id = Identity { user_id: "u1", session_id: "s1", scope: "read" };
-//! let request = RequestProof { method: "GET", path_and_query: "/api/me?x=1", client_ip: "203.0.113.9", identity: Some(id), time: 1_000 };
+//! let request = RequestProof { authority: "api.internal:443", method: "GET", path_and_query: "/api/me?x=1", client_ip: "203.0.113.9", identity: Some(id), time: 1_000 };
 //! let proof = request.sign(&keys.upstream);
 //! assert!(request.verify(&keys.upstream, &proof, 1_010).is_ok());
 //! assert!(RequestProof { path_and_query: "/api/me?x=2", ..request }.verify(&keys.upstream, &proof, 1_010).is_err());
+//! assert!(RequestProof { authority: "billing.internal:443", ..request }.verify(&keys.upstream, &proof, 1_010).is_err());
 //! assert!(request.verify(&keys.origin, &proof, 1_010).is_err()); // another purpose's key
 //! ```
 
@@ -95,6 +97,10 @@ pub struct Identity<'a> {
 /// What a request proof covers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RequestProof<'a> {
+    /// Where the edge sent it, in [`authority`]'s form (`host:port`): the receiver
+    /// puts its own configured value here, so a proof made for one service sharing
+    /// the key is refused by another.
+    pub authority: &'a str,
     pub method: &'a str,
     /// The path and the raw query string as sent (`/a?b=c`; no `?` without a query).
     pub path_and_query: &'a str,
@@ -118,7 +124,7 @@ pub enum ProofError {
 impl RequestProof<'_> {
     fn mac(&self, key: &[u8; 32]) -> [u8; 32] {
         // Newline-separated, every field present: no field may contain a newline (ids,
-        // scopes and addresses cannot; an HTTP method, path or query cannot), so the
+        // scopes and addresses cannot; an authority, method, path or query cannot), so the
         // encoding is unambiguous. An absent identity is three empty fields, which no
         // real identity has (ids are never empty).
         let id = self.identity.unwrap_or(Identity {
@@ -128,7 +134,8 @@ impl RequestProof<'_> {
         });
         let mut mac = hmac_sha256::HMAC::new(key);
         for field in [
-            "edge-auth request v2",
+            "edge-auth request v3",
+            self.authority,
             self.method,
             self.path_and_query,
             self.client_ip,
@@ -161,6 +168,46 @@ impl RequestProof<'_> {
         }
         Ok(())
     }
+}
+
+/// The `host:port` of an `http` or `https` URL, as a proof covers it: the host in
+/// lower case (hosts are case-insensitive, RFC 3986 §3.2.2), the port always written
+/// (80 and 443 when the URL leaves it out). `None` for any other scheme, userinfo, an
+/// empty host or a bad port.
+///
+/// ```
+/// use shared::proof::authority;
+/// assert_eq!(authority("https://API.example/v1").as_deref(), Some("api.example:443"));
+/// assert_eq!(authority("http://127.0.0.1:8080").as_deref(), Some("127.0.0.1:8080"));
+/// assert_eq!(authority("http://[::1]/x").as_deref(), Some("[::1]:80"));
+/// assert_eq!(authority("ftp://h/"), None);
+/// ```
+pub fn authority(url: &str) -> Option<String> {
+    let (scheme, rest) = url.split_once("://")?;
+    let default_port = match scheme.to_ascii_lowercase().as_str() {
+        "http" => "80",
+        "https" => "443",
+        _ => return None,
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let host_port = &rest[..end];
+    if host_port.contains('@') {
+        return None;
+    }
+    // An IPv6 literal holds colons: the port separator comes after its `]`.
+    let host_end = match host_port.strip_prefix('[') {
+        Some(v6) => v6.find(']')? + 2,
+        None => host_port.find(':').unwrap_or(host_port.len()),
+    };
+    let (host, port) = host_port.split_at(host_end);
+    let port = match port {
+        "" => default_port,
+        p => p.strip_prefix(':')?,
+    };
+    if host.is_empty() || port.parse::<u16>().ok().is_none_or(|p| p == 0) {
+        return None;
+    }
+    Some(alloc::format!("{}:{port}", host.to_ascii_lowercase()))
 }
 
 /// Header names of a signed message (the origin's pushes to the edge's KV sync).
@@ -220,6 +267,7 @@ mod tests {
         scope: "read",
     };
     const REQUEST: RequestProof<'static> = RequestProof {
+        authority: "api.internal:8443",
         method: "GET",
         path_and_query: "/api/me?page=2",
         client_ip: "198.51.100.7",
@@ -292,6 +340,20 @@ mod tests {
                 },
             ),
             (
+                "authority",
+                RequestProof {
+                    authority: "billing.internal:8443",
+                    ..REQUEST
+                },
+            ),
+            (
+                "port",
+                RequestProof {
+                    authority: "api.internal:443",
+                    ..REQUEST
+                },
+            ),
+            (
                 "method",
                 RequestProof {
                     method: "POST",
@@ -343,6 +405,28 @@ mod tests {
             REQUEST.verify(&key, "not-base64!", 100),
             Err(ProofError::Mismatch)
         );
+    }
+
+    #[test]
+    fn authorities_are_written_one_way() {
+        for (url, expected) in [
+            ("https://api.example", Some("api.example:443")),
+            ("HTTPS://Api.Example:8443/x?y#z", Some("api.example:8443")),
+            ("http://127.0.0.1:8787/", Some("127.0.0.1:8787")),
+            ("http://localhost?q", Some("localhost:80")),
+            ("http://[2001:DB8::1]:9000/p", Some("[2001:db8::1]:9000")),
+            ("http://[::1]", Some("[::1]:80")),
+            ("http://user@host/", None),
+            ("http://host:0/", None),
+            ("http://host:99999/", None),
+            ("http://host:/", None),
+            ("http:///p", None),
+            ("http://[::1/", None),
+            ("ws://host/", None),
+            ("host:80", None),
+        ] {
+            assert_eq!(authority(url).as_deref(), expected, "{url}");
+        }
     }
 
     #[test]

@@ -46,7 +46,9 @@ async fn login_through_the_edge_then_api_me_returns_the_identity_with_a_valid_pr
         scope: seen.header(proof::header::SCOPE).unwrap(),
     };
     assert_eq!(id.user_id, claims["sub"].as_str().unwrap());
+    let authority = format!("127.0.0.1:{}", stack.recorder.port);
     let request = proof::RequestProof {
+        authority: &authority,
         method: "GET",
         path_and_query: "/api/me",
         client_ip: seen.header(proof::header::CLIENT_IP).unwrap(),
@@ -65,6 +67,16 @@ async fn login_through_the_edge_then_api_me_returns_the_identity_with_a_valid_pr
             .verify(&keys.origin, given, shared::unix_now())
             .is_err(),
         "and with no other purpose's key"
+    );
+    let elsewhere = proof::RequestProof {
+        authority: "127.0.0.1:1",
+        ..request
+    };
+    assert!(
+        elsewhere
+            .verify(&keys.upstream, given, shared::unix_now())
+            .is_err(),
+        "nor for another host:port"
     );
     assert_eq!(
         seen.header("authorization"),

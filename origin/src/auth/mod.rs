@@ -43,9 +43,9 @@ impl FromRequestParts<AppState> for ClientInfo {
         // The address the edge signed; else, without the edge, the configured proxy's
         // header (an unparsable one is ignored, never trusted as text); else the peer.
         let vouched = state
-            .proof_keys
+            .edge
             .as_ref()
-            .and_then(|keys| crate::edge::vouched(parts, &keys.origin, shared::unix_now()))
+            .and_then(|edge| edge.origin(parts))
             .map(|v| v.client_ip);
         let forwarded = || {
             state

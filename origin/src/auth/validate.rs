@@ -21,9 +21,9 @@ impl FromRequestParts<AppState> for FromEdge {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         state
-            .proof_keys
+            .edge
             .as_ref()
-            .and_then(|keys| crate::edge::vouched(parts, &keys.validate, shared::unix_now()))
+            .and_then(|edge| edge.validate(parts))
             .and_then(|v| v.identity)
             .map(FromEdge)
             .ok_or(ApiError::InvalidClient)

@@ -427,6 +427,12 @@ impl Origin {
         format!("{}{path}", self.base)
     }
 
+    /// `host:port` of the listener: what the edge's proofs to it cover (by default
+    /// `ORIGIN_AUTHORITY` is `LISTEN_ADDR`).
+    pub fn authority(&self) -> String {
+        self.base.trim_start_matches("http://").to_string()
+    }
+
     /// The headers the edge adds to a request it forwards to the origin from
     /// `client_ip`: the address, the time and their proof, signed with the origin key
     /// derived from this origin's `EDGE_SECRET`.
@@ -438,7 +444,9 @@ impl Origin {
     ) -> Vec<(&'static str, String)> {
         let keys = shared::proof::ProofKeys::derive(self.env("EDGE_SECRET").unwrap().as_bytes());
         let time = shared::unix_now();
+        let authority = self.authority();
         let proof = shared::proof::RequestProof {
+            authority: &authority,
             method,
             path_and_query,
             client_ip,
