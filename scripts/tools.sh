@@ -60,11 +60,6 @@ ensure_cargo_fuzz() {
   install_crate cargo-fuzz "$CARGO_FUZZ_VERSION" cargo-fuzz
 }
 
-WORKER_BUILD_VERSION=0.8.7
-ensure_worker_build() {
-  install_crate worker-build "$WORKER_BUILD_VERSION" worker-build
-}
-
 # npm packages pinned in package-lock.json (wrangler, which brings workerd; binaryen
 # for wasm-opt). `npm ci` only when the lockfile changed since the last install.
 ensure_npm_packages() {
@@ -77,10 +72,25 @@ ensure_npm_packages() {
   PATH="$REPO_ROOT/node_modules/.bin:$PATH"
 }
 
-# Environment for worker-build: no downloads from GitHub.
-worker_build_env() {
-  export WASM_BINDGEN_BIN
-  WASM_BINDGEN_BIN="$(command -v wasm-bindgen)"
-  export WASM_OPT_BIN="$REPO_ROOT/node_modules/.bin/wasm-opt"
-  export WRANGLER_SEND_METRICS=false CLOUDFLARE_CF_FETCH_ENABLED=false
+# build_edge OUT [FEATURES]: the worker into OUT, with nothing downloaded from GitHub:
+# cargo (release, wasm32), the wasm-bindgen CLI matching Cargo.lock (`--target web`,
+# with the `__wbg_reset_state` export the entry calls after a Wasm trap), wasm-opt from
+# npm's binaryen, and the module entry `edge/js/index.js`. wrangler bundles the result
+# (esbuild) when it serves or deploys it. Needs the wasm target, the wasm-bindgen CLI
+# and the npm packages (ensure_* above).
+build_edge() {
+  local out=$1 features=${2:-}
+  local args=(--quiet --release --target wasm32-unknown-unknown -p edge)
+  [ -n "$features" ] && args+=(--features "$features")
+  (cd "$REPO_ROOT" && cargo build "${args[@]}")
+  rm -rf "$out"
+  mkdir -p "$out"
+  printf '*\n' >"$out/.gitignore"
+  wasm-bindgen --target web --experimental-reset-state-function --no-typescript \
+    --out-dir "$out" --out-name edge "$TARGET_DIR/wasm32-unknown-unknown/release/edge.wasm"
+  "$REPO_ROOT/node_modules/.bin/wasm-opt" -O --enable-reference-types --enable-bulk-memory \
+    --enable-nontrapping-float-to-int --enable-sign-ext --enable-mutable-globals \
+    --enable-multivalue --enable-exception-handling \
+    "$out/edge_bg.wasm" -o "$out/edge_bg.wasm"
+  cp "$REPO_ROOT/edge/js/index.js" "$out/index.js"
 }

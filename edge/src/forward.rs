@@ -2,6 +2,10 @@
 
 use shared::proof::{self, Identity, RequestProof};
 
+/// The client address sent when the runtime gave none (`cf-connecting-ip` is always
+/// set at Cloudflare; only local runs lack it).
+pub const UNKNOWN_CLIENT_IP: &str = "0.0.0.0";
+
 /// Whether a client's header is removed before anything is forwarded: the whole
 /// `x-auth-` family (the identity and address the edge vouches for, whatever a client
 /// puts after the prefix), and every header that claims a client address, which only
@@ -35,6 +39,20 @@ pub fn is_forwarded(name: &str, keep_authorization: bool) -> bool {
     !is_stripped(name)
         && !name.eq_ignore_ascii_case("host")
         && (keep_authorization || !name.eq_ignore_ascii_case("authorization"))
+}
+
+/// The answer when forwarding failed with the error named `name`: 504 when the time
+/// budget ran out (`TimeoutError`), else 502.
+pub fn failed_reply(name: &str) -> crate::reply::Reply {
+    if name == "TimeoutError" {
+        crate::reply::Reply::error(
+            504,
+            "gateway_timeout",
+            "the upstream did not answer in time",
+        )
+    } else {
+        crate::reply::Reply::error(502, "bad_gateway", "the upstream did not answer")
+    }
 }
 
 /// The headers that carry the client's address, the identity (on protected paths)

@@ -21,6 +21,7 @@ use crate::analytics::{self, Cache, Missing, Outcome, Reason, Via};
 use crate::cache::{KeyCache, KeyLookup, VerifiedCache, jwks_max_age, peek_kid};
 use crate::config::{Config, StoreKind};
 use crate::cors::{Cors, Preflight};
+use crate::plan::{FORWARD_TIMEOUT_MS, Incoming};
 use crate::reply::Reply;
 use crate::request::{BodySize, Credentials, has_body, is_forwarded_method};
 use crate::route::Route;
@@ -28,8 +29,6 @@ use crate::store::{self, Decision};
 use crate::verify::PlatformFailed;
 use crate::{forward, request};
 
-/// Budget of a forwarded request (origin pass-through and upstream), ms.
-const FORWARD_TIMEOUT_MS: u32 = 10_000;
 /// How often a request waiting for another request's JWKS fetch looks again, ms.
 const JWKS_WAIT_STEP_MS: u64 = 5;
 
@@ -86,6 +85,44 @@ fn render(reply: &Reply) -> Result<web_sys::Response> {
         Some(&reply.body),
         &init,
     )?)
+}
+
+/// The module entry's fast path (`edge/js/index.js`): the forwarding plan of a request
+/// that needs nothing but header hygiene and a proof ([`crate::plan`]), encoded in one
+/// string, or `None`, and the entry calls [`fetch`]. Synchronous, with the request's
+/// parts as plain strings: no futures, no object crossing per header.
+#[wasm_bindgen::prelude::wasm_bindgen(js_name = forwardPlan)]
+pub fn forward_plan(
+    env: &Env,
+    method: &str,
+    url: &str,
+    header_names: &str,
+    client_ip: Option<String>,
+    content_length: Option<String>,
+) -> Option<String> {
+    let config = config(env).ok()?;
+    let incoming = Incoming {
+        method,
+        url,
+        header_names,
+        client_ip: client_ip.as_deref(),
+        content_length: content_length.as_deref(),
+    };
+    crate::plan::forward_plan(&config, &incoming, now()).map(|plan| plan.encode())
+}
+
+/// The answer when a planned forward failed with `error` (a `TimeoutError` when the
+/// plan's budget ran out).
+#[wasm_bindgen::prelude::wasm_bindgen(js_name = forwardFailed)]
+pub fn forward_failed(error: JsValue) -> Result<web_sys::Response> {
+    let name = js_sys::Reflect::get(&error, &"name".into())
+        .ok()
+        .and_then(|n| n.as_string())
+        .unwrap_or_default();
+    if name != "TimeoutError" {
+        worker::console_error!("forwarding failed: {error:?}");
+    }
+    render(&forward::failed_reply(&name))
 }
 
 /// The entry takes and returns the platform's own `Request` and `Response`: a
@@ -339,7 +376,7 @@ fn client_ip(raw: &web_sys::Request) -> String {
         .get("cf-connecting-ip")
         .ok()
         .flatten()
-        .unwrap_or_else(|| "0.0.0.0".into())
+        .unwrap_or_else(|| forward::UNKNOWN_CLIENT_IP.into())
 }
 
 /// What a forwarded request is: its method, path with raw query, and the client.
@@ -403,20 +440,10 @@ async fn send(
             let name = js_sys::Reflect::get(&e, &"name".into())
                 .ok()
                 .and_then(|n| n.as_string());
-            if name.as_deref() == Some("TimeoutError") {
-                render(&Reply::error(
-                    504,
-                    "gateway_timeout",
-                    "the upstream did not answer in time",
-                ))
-            } else {
+            if name.as_deref() != Some("TimeoutError") {
                 worker::console_error!("forwarding failed: {e:?}");
-                render(&Reply::error(
-                    502,
-                    "bad_gateway",
-                    "the upstream did not answer",
-                ))
             }
+            render(&forward::failed_reply(name.as_deref().unwrap_or_default()))
         }
     }
 }
