@@ -1,15 +1,28 @@
 // The worker's module entry: instantiates the Rust crate (wasm-bindgen `--target web`
-// glue, built by scripts/build-edge) once per isolate and hands each request to it.
-// It holds no policy. Rust decides everything; this file only moves bytes:
-// - `forwardPlan` (synchronous) answers, for a request that needs nothing but header
-//   hygiene and a proof (`/auth/*`, the JWKS, public paths), where it goes, which
-//   headers to remove and which to set (edge/src/plan.rs); the entry applies that
-//   plan with the platform's `fetch`, so the common forward never enters Rust's
-//   async machinery;
-// - everything else goes to `fetch` (edge/src/worker_entry.rs).
+// glue, built by scripts/build-edge) once per isolate and moves bytes for it. It
+// holds no policy: every decision is a synchronous Rust call (edge/src/plan.rs,
+// edge/src/worker_entry.rs) that answers with the next step, and this file only
+// performs the step with the platform's own APIs, so the common requests never enter
+// Rust's async executor:
+// - `F`: forward (where, which headers to remove, which to set);
+// - `V`: check an Ed25519 signature with WebCrypto, then ask `planVerified`;
+// - `S`: read the session with one POST to the store, then ask `planStored`;
+// - a `Response`: answer it as it is;
+// - `undefined`: the request takes the full path, Rust's async `fetch` (preflights,
+//   CORS, refusals of the credentials, keys to fetch, the KV store, a WebCrypto
+//   failure); `checkUnknown` when the store could not say.
 // A Wasm trap poisons the instance: that request gets a JSON 500 and the next one a
 // fresh instance (the glue's `__wbg_reset_state`), so the isolate keeps serving.
-import { initSync, fetch as handle, forwardPlan, forwardFailed, __wbg_reset_state } from "./edge.js";
+import {
+  initSync,
+  fetch as fullPath,
+  plan,
+  planVerified,
+  planStored,
+  checkUnknown,
+  forwardFailed,
+  __wbg_reset_state,
+} from "./edge.js";
 import module from "./edge_bg.wasm";
 
 initSync({ module });
@@ -23,11 +36,15 @@ function internalError(error) {
   });
 }
 
-// The plan's format is ForwardPlan::encode's: "url\tbody\ttimeoutMs", then the names
-// to remove (tab-separated), then one "name\tvalue" line per header to set.
-function forward(request, plan) {
-  const lines = plan.split("\n");
-  const [url, body, timeout] = lines[0].split("\t");
+function full(request, env, ctx) {
+  return fullPath(request, env, ctx).catch(internalError);
+}
+
+// `F\turl\tbody\ttimeoutMs`, then the names to remove (tab-separated), then one
+// "name\tvalue" line per header to set (ForwardPlan::encode).
+function forward(request, step) {
+  const lines = step.split("\n");
+  const [, url, body, timeout] = lines[0].split("\t");
   const headers = new Headers(request.headers);
   for (const name of lines[1].split("\t")) if (name) headers.delete(name);
   for (let i = 2; i < lines.length; i++) {
@@ -43,19 +60,89 @@ function forward(request, plan) {
   }).catch(forwardFailed);
 }
 
+// Imported WebCrypto keys by their raw bytes (hex), never by `kid`.
+const cryptoKeys = new Map();
+
+function bytes(hex) {
+  const out = new Uint8Array(hex.length / 2);
+  for (let i = 0; i < out.length; i++) out[i] = parseInt(hex.substr(2 * i, 2), 16);
+  return out;
+}
+
+const encoder = new TextEncoder();
+
+async function checked(request, env, ctx, parts, step) {
+  const started = Date.now();
+  const authorization = parts[5];
+  let cacheHit = true;
+  if (step[0] === "V") {
+    // `V\tkeyHex\tsignatureHex`, then the signing input.
+    const newline = step.indexOf("\n");
+    const [, keyHex, signatureHex] = step.slice(0, newline).split("\t");
+    let valid;
+    try {
+      let key = cryptoKeys.get(keyHex);
+      if (key === undefined) {
+        key = await crypto.subtle.importKey("raw", bytes(keyHex), "Ed25519", false, ["verify"]);
+        cryptoKeys.set(keyHex, key);
+      }
+      valid = await crypto.subtle.verify(
+        "Ed25519",
+        key,
+        bytes(signatureHex),
+        encoder.encode(step.slice(newline + 1)),
+      );
+    } catch {
+      // The platform failed: the full path verifies with the Wasm verifier instead.
+      return full(request, env, ctx);
+    }
+    step = planVerified(env, authorization, keyHex, valid, Date.now() - started);
+    if (step === undefined) return full(request, env, ctx);
+    if (typeof step !== "string") return step;
+    cacheHit = false;
+  }
+  // `S\turl\ttimeoutMs\tauthorization`, then the body.
+  const newline = step.indexOf("\n");
+  const [, url, timeout, storeAuthorization] = step.slice(0, newline).split("\t");
+  const readStarted = Date.now();
+  let status = 0;
+  let text = "";
+  try {
+    const reply = await fetch(url, {
+      method: "POST",
+      headers: { authorization: storeAuthorization, "content-type": "application/json" },
+      body: step.slice(newline + 1),
+      signal: AbortSignal.timeout(Number(timeout)),
+    });
+    status = reply.status;
+    text = await reply.text();
+  } catch {
+    status = 0; // no answer within the budget
+  }
+  const storeMs = Date.now() - readStarted;
+  const [method, url_, names, ip] = parts;
+  const next = planStored(env, method, url_, names, ip, authorization, status, text, cacheHit, storeMs, Date.now() - started);
+  if (next === undefined) return checkUnknown(request, env, authorization, cacheHit, storeMs, started);
+  if (typeof next !== "string") return next;
+  return forward(request, next);
+}
+
 export default {
   fetch(request, env, ctx) {
     try {
-      const plan = forwardPlan(
-        env,
+      const headers = request.headers;
+      const parts = [
         request.method,
         request.url,
-        [...request.headers.keys()].join("\t"),
-        request.headers.get("cf-connecting-ip") ?? undefined,
-        request.headers.get("content-length") ?? undefined,
-      );
-      if (plan !== undefined) return forward(request, plan);
-      return handle(request, env, ctx).catch(internalError);
+        [...headers.keys()].join("\t"),
+        headers.get("cf-connecting-ip") ?? undefined,
+        headers.get("content-length") ?? undefined,
+        headers.get("authorization") ?? undefined,
+      ];
+      const step = plan(env, ...parts);
+      if (step === undefined) return full(request, env, ctx);
+      if (step[0] === "F") return forward(request, step);
+      return checked(request, env, ctx, parts, step).catch(internalError);
     } catch (error) {
       return internalError(error);
     }

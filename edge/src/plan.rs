@@ -1,12 +1,18 @@
-//! The plain forwarding decision, made in one call so the module entry can forward
-//! without entering Rust's async machinery: a request on `/auth/*`, the JWKS or a
-//! public path that needs nothing but header hygiene and a proof becomes a
-//! [`ForwardPlan`] the entry applies as it is. Everything else (protected paths,
-//! preflights, CORS, bodies of unknown size bound for the origin, refusals) returns
-//! `None` and takes the full path of `worker_entry`, so no answer of the edge is made
-//! in two places.
+//! The steps the module entry (`edge/js/index.js`) takes without entering Rust's async
+//! machinery, each decided here in one synchronous call and encoded in one string:
+//! - a request on `/auth/*`, the JWKS or a public path that needs nothing but header
+//!   hygiene and a proof becomes a [`ForwardPlan`];
+//! - a protected request becomes, in turn, a signature for the platform's Ed25519 to
+//!   check ([`verify_step`]), the session read ([`read_step`]), and the forward with
+//!   the verified identity ([`forward_with_identity`]).
+//!
+//! What these do not cover (preflights, CORS, `/auth/*` bodies of unknown size, the
+//! KV store, keys to fetch, a store that cannot answer) takes the full path of
+//! `worker_entry`.
 
-use crate::config::Config;
+use shared::proof::Identity;
+
+use crate::config::{Config, StoreKind};
 use crate::cors::Cors;
 use crate::forward;
 use crate::request::{self, BodySize};
@@ -42,13 +48,14 @@ pub struct ForwardPlan {
 }
 
 impl ForwardPlan {
-    /// One string for the entry: the URL, the body flag and the timeout on the first
-    /// line (tab-separated), the names to remove on the second, then one `name\tvalue`
-    /// line per header to set. No part can hold a tab or a newline: URLs and header
-    /// names cannot, and the values are addresses, decimal times and base64url.
+    /// One string for the entry: `F`, the URL, the body flag and the timeout on the
+    /// first line (tab-separated), the names to remove on the second, then one
+    /// `name\tvalue` line per header to set. No part can hold a tab or a newline: URLs
+    /// and header names cannot, and the values are ids, scopes, addresses, decimal
+    /// times and base64url.
     pub fn encode(&self) -> String {
         let mut out = format!(
-            "{}\t{}\t{FORWARD_TIMEOUT_MS}\n{}",
+            "F\t{}\t{}\t{FORWARD_TIMEOUT_MS}\n{}",
             self.url,
             u8::from(self.body),
             self.drop.join("\t")
@@ -63,39 +70,87 @@ impl ForwardPlan {
     }
 }
 
-/// The plan for `incoming` at `now`, or `None` when the full path must decide.
+/// Whether the entry may take `incoming` on one of the steps here: not a preflight, a
+/// method the edge forwards, and no CORS to add (the full path owns all three).
+fn plain(config: &Config, incoming: &Incoming<'_>) -> bool {
+    config.cors == Cors::default()
+        && incoming.method != "OPTIONS"
+        && request::is_forwarded_method(incoming.method)
+}
+
+/// The plan for `incoming` at `now` on `/auth/*`, the JWKS or a public path, or `None`
+/// when the full path must decide.
 pub fn forward_plan(config: &Config, incoming: &Incoming<'_>, now: u64) -> Option<ForwardPlan> {
-    let method = incoming.method;
-    // CORS headers on the answer, preflights and 405s are the full path's.
-    if config.cors != Cors::default()
-        || method == "OPTIONS"
-        || !request::is_forwarded_method(method)
-    {
+    if !plain(config, incoming) {
         return None;
     }
-    let (path, path_and_query) = forward::split_url(incoming.url)?;
-    let body = request::has_body(method);
-    let (base, authority, key, keep_authorization) = match config.routes.classify(path) {
+    let (path, _) = forward::split_url(incoming.url)?;
+    let body = request::has_body(incoming.method);
+    match config.routes.classify(path) {
         Route::Origin => {
             // A body over the limit is refused, one of unknown size measured: full path.
             if body && request::auth_body_size(incoming.content_length) != BodySize::Within {
                 return None;
             }
-            (
-                &config.origin_url,
-                &config.origin_authority,
+            let to = (
+                &config.origin_url[..],
+                &config.origin_authority[..],
                 &config.keys.origin,
-                true,
+            );
+            plan_to(to, true, None, incoming, now)
+        }
+        Route::Public => {
+            let to = (
+                &config.upstream_url[..],
+                &config.upstream_authority[..],
+                &config.keys.upstream,
+            );
+            plan_to(
+                to,
+                config.forward_authorization_to_public,
+                None,
+                incoming,
+                now,
             )
         }
-        Route::Public => (
-            &config.upstream_url,
-            &config.upstream_authority,
-            &config.keys.upstream,
-            config.forward_authorization_to_public,
-        ),
-        Route::Protected | Route::KvSync | Route::NotFound => return None,
-    };
+        Route::Protected | Route::KvSync | Route::NotFound => None,
+    }
+}
+
+/// Whether `incoming` is a protected request the entry may check on the steps here:
+/// the Upstash store (KV reads go through the full path's bindings).
+pub fn is_plain_protected(config: &Config, incoming: &Incoming<'_>) -> bool {
+    plain(config, incoming)
+        && matches!(config.store, StoreKind::Upstash { .. })
+        && forward::split_url(incoming.url)
+            .is_some_and(|(path, _)| config.routes.classify(path) == Route::Protected)
+}
+
+/// The forward of a protected request whose token and session checked out: to the
+/// upstream, without the client's `Authorization`, with the identity and its proof.
+pub fn forward_with_identity(
+    config: &Config,
+    incoming: &Incoming<'_>,
+    identity: Identity<'_>,
+    now: u64,
+) -> Option<ForwardPlan> {
+    let to = (
+        &config.upstream_url[..],
+        &config.upstream_authority[..],
+        &config.keys.upstream,
+    );
+    plan_to(to, false, Some(identity), incoming, now)
+}
+
+fn plan_to(
+    (base, authority, key): (&str, &str, &[u8; 32]),
+    keep_authorization: bool,
+    identity: Option<Identity<'_>>,
+    incoming: &Incoming<'_>,
+    now: u64,
+) -> Option<ForwardPlan> {
+    let method = incoming.method;
+    let (_, path_and_query) = forward::split_url(incoming.url)?;
     let drop = incoming
         .header_names
         .split('\t')
@@ -108,15 +163,48 @@ pub fn forward_plan(config: &Config, incoming: &Incoming<'_>, now: u64) -> Optio
         method,
         path_and_query,
         incoming.client_ip.unwrap_or(forward::UNKNOWN_CLIENT_IP),
-        None,
+        identity,
         now,
     );
     Some(ForwardPlan {
         url: format!("{base}{path_and_query}"),
-        body,
+        body: request::has_body(method),
         drop,
         set,
     })
+}
+
+/// `V`, the key and the signature in hex, then the signing input on the next line:
+/// the entry checks it with WebCrypto's Ed25519 and calls back with the answer.
+pub fn verify_step(check: &crate::verify::SignatureCheck) -> String {
+    format!(
+        "V\t{}\t{}\n{}",
+        hex(&check.key),
+        hex(&check.signature),
+        String::from_utf8_lossy(&check.message)
+    )
+}
+
+/// `S`, the store's URL, the time budget in ms and its `Authorization` value, then the
+/// `MGET` body on the next line: the entry posts it and calls back with the answer.
+pub fn read_step(url: &str, token: &str, budget_ms: u64, body: &str) -> String {
+    format!("S\t{url}\t{budget_ms}\tBearer {token}\n{body}")
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The bytes of lower-case hex `text` of exactly `N` bytes.
+pub fn unhex<const N: usize>(text: &str) -> Option<[u8; N]> {
+    if text.len() != 2 * N {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
 }
 
 #[cfg(test)]
@@ -245,7 +333,70 @@ mod tests {
         };
         assert_eq!(
             plan.encode(),
-            "https://u/p?q\t1\t10000\nhost\tx-auth-a\nx-auth-time\t1000\nx-auth-proof\tabc"
+            "F\thttps://u/p?q\t1\t10000\nhost\tx-auth-a\nx-auth-time\t1000\nx-auth-proof\tabc"
+        );
+    }
+
+    #[test]
+    fn a_protected_forward_drops_the_credential_and_carries_the_identity() {
+        let kv = config(&[("SESSION_STORE", "kv")]);
+        let config = config(&[]);
+        let request = incoming("PATCH", "https://e/api/me?x=1");
+        assert!(is_plain_protected(&config, &request));
+        assert!(!is_plain_protected(
+            &config,
+            &incoming("GET", "https://e/public/a")
+        ));
+        assert!(!is_plain_protected(
+            &config,
+            &incoming("OPTIONS", "https://e/api/me")
+        ));
+        assert!(!is_plain_protected(&config_with_cors(), &request));
+        assert!(!is_plain_protected(&kv, &request));
+        let id = Identity {
+            user_id: "u1",
+            session_id: "s1",
+            scope: "profile",
+        };
+        let plan = forward_with_identity(&config, &request, id, 1000).unwrap();
+        assert_eq!(plan.url, "https://api.internal:8443/api/me?x=1");
+        assert!(plan.body);
+        assert!(plan.drop.iter().any(|n| n == "authorization"));
+        assert!(plan.set.contains(&(header::USER_ID, "u1".to_string())));
+        let proof = plan.set.iter().find(|(n, _)| *n == header::PROOF).unwrap();
+        let expected = RequestProof {
+            authority: "api.internal:8443",
+            method: "PATCH",
+            path_and_query: "/api/me?x=1",
+            client_ip: "203.0.113.7",
+            identity: Some(id),
+            time: 1000,
+        };
+        assert_eq!(
+            expected.verify(&config.keys.upstream, &proof.1, 1000),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn steps_are_encoded_for_the_entry_and_hex_round_trips() {
+        let check = crate::verify::SignatureCheck {
+            key: [0xab; 32],
+            message: b"h.p".to_vec(),
+            signature: [1; 64],
+        };
+        let step = verify_step(&check);
+        let (head, message) = step.split_once('\n').unwrap();
+        assert_eq!(message, "h.p");
+        let parts: Vec<&str> = head.split('\t').collect();
+        assert_eq!(parts[0], "V");
+        assert_eq!(unhex::<32>(parts[1]), Some([0xab; 32]));
+        assert_eq!(unhex::<64>(parts[2]), Some([1; 64]));
+        assert_eq!(unhex::<2>("abc"), None);
+        assert_eq!(unhex::<2>("zzzz"), None);
+        assert_eq!(
+            read_step("https://r", "tok", 1000, "[\"MGET\"]"),
+            "S\thttps://r\t1000\tBearer tok\n[\"MGET\"]"
         );
     }
 }

@@ -87,18 +87,21 @@ fn render(reply: &Reply) -> Result<web_sys::Response> {
     )?)
 }
 
-/// The module entry's fast path (`edge/js/index.js`): the forwarding plan of a request
-/// that needs nothing but header hygiene and a proof ([`crate::plan`]), encoded in one
-/// string, or `None`, and the entry calls [`fetch`]. Synchronous, with the request's
-/// parts as plain strings: no futures, no object crossing per header.
-#[wasm_bindgen::prelude::wasm_bindgen(js_name = forwardPlan)]
-pub fn forward_plan(
+/// The module entry's first call for every request (`edge/js/index.js`, the steps of
+/// [`crate::plan`]): a forward plan, the signature to check, or the session read, as
+/// one string; `undefined` and the entry calls [`fetch`], the full path.
+/// Synchronous, with the request's parts as plain strings: no futures, no object
+/// crossing per header.
+#[allow(clippy::too_many_arguments)]
+#[wasm_bindgen::prelude::wasm_bindgen(js_name = plan)]
+pub fn plan(
     env: &Env,
     method: &str,
     url: &str,
     header_names: &str,
     client_ip: Option<String>,
     content_length: Option<String>,
+    authorization: Option<String>,
 ) -> Option<String> {
     let config = config(env).ok()?;
     let incoming = Incoming {
@@ -108,7 +111,228 @@ pub fn forward_plan(
         client_ip: client_ip.as_deref(),
         content_length: content_length.as_deref(),
     };
-    crate::plan::forward_plan(&config, &incoming, now()).map(|plan| plan.encode())
+    let now = now();
+    if let Some(plan) = crate::plan::forward_plan(&config, &incoming, now) {
+        return Some(plan.encode());
+    }
+    if !crate::plan::is_plain_protected(&config, &incoming) {
+        return None;
+    }
+    // Refusals of the credentials take the full path, which words and records them.
+    let Credentials::Bearer(token) = request::credentials(authorization.as_deref()) else {
+        return None;
+    };
+    let cached = VERIFIED.with(|c| {
+        c.borrow_mut()
+            .get(token, now, config.validator.limits().leeway)
+    });
+    let kid = match &cached {
+        Some(claims) => claims.kid().to_string(),
+        None => peek_kid(token)?,
+    };
+    let keys = usable_keys(&config, &kid, now)?;
+    if let Some(claims) = cached.filter(|c| keys.get(c.kid()).is_some()) {
+        return read_step(&config, &claims);
+    }
+    // A token that fails before its signature matters is refused by the full path.
+    let check = crate::verify::signature_check(&config.validator, token.as_bytes(), &keys, now);
+    Some(crate::plan::verify_step(&check.ok()?))
+}
+
+/// The entry's call after WebCrypto checked the signature [`plan`] asked for with
+/// `key_hex`: the session read, or the refusal (a `Response`).
+#[wasm_bindgen::prelude::wasm_bindgen(js_name = planVerified)]
+pub fn plan_verified(
+    env: &Env,
+    authorization: Option<String>,
+    key_hex: &str,
+    valid: bool,
+    elapsed_ms: f64,
+) -> JsValue {
+    let step = || -> Option<std::result::Result<String, shared::Error>> {
+        let config = config(env).ok()?;
+        let Credentials::Bearer(token) = request::credentials(authorization.as_deref()) else {
+            return None;
+        };
+        let now = now();
+        let keys = usable_keys(&config, &peek_kid(token)?, now)?;
+        let key = crate::plan::unhex::<32>(key_hex)?;
+        let verified = crate::verify::with_platform_answer(
+            &config.validator,
+            token.as_bytes(),
+            &keys,
+            now,
+            &key,
+            valid,
+        );
+        match verified {
+            Ok(claims) => {
+                VERIFIED.with(|c| c.borrow_mut().insert(token, claims.clone()));
+                read_step(&config, &claims).map(Ok)
+            }
+            Err(e) => Some(Err(e)),
+        }
+    };
+    match step() {
+        None => JsValue::UNDEFINED,
+        Some(Ok(step)) => step.into(),
+        Some(Err(e)) => {
+            worker::console_log!("token refused: {e}");
+            let timings = Timings {
+                cache: Cache::Miss,
+                ..Timings::default()
+            };
+            record(env, Outcome::Invalid(Reason::of(&e)), &timings, elapsed_ms);
+            render_value(&Reply::invalid_token())
+        }
+    }
+}
+
+/// The entry's call with the store's answer (`status` 0: none): the forward plan, the
+/// refusal (a `Response`), or `undefined` when the store could not say, and the entry
+/// calls [`check_unknown`].
+#[allow(clippy::too_many_arguments)]
+#[wasm_bindgen::prelude::wasm_bindgen(js_name = planStored)]
+pub fn plan_stored(
+    env: &Env,
+    method: &str,
+    url: &str,
+    header_names: &str,
+    client_ip: Option<String>,
+    authorization: Option<String>,
+    status: u16,
+    body: &str,
+    cache_hit: bool,
+    store_ms: f64,
+    elapsed_ms: f64,
+) -> JsValue {
+    let Some((config, claims)) = verified_claims(env, authorization.as_deref()) else {
+        return JsValue::UNDEFINED;
+    };
+    let now = now();
+    let decision = store::parse_mget(status, body.as_bytes()).map_or(Decision::Unknown, |values| {
+        store::decide(&claims, &values, now)
+    });
+    let timings = Timings {
+        cache: if cache_hit { Cache::Hit } else { Cache::Miss },
+        store_ms,
+        fallback_ms: 0.0,
+    };
+    match decision {
+        Decision::Forward(session) => {
+            record(env, Outcome::Valid(Via::Store), &timings, elapsed_ms);
+            let incoming = Incoming {
+                method,
+                url,
+                header_names,
+                client_ip: client_ip.as_deref(),
+                content_length: None,
+            };
+            let id = Identity {
+                user_id: claims.subject(),
+                session_id: claims.session_id(),
+                scope: &session.scope,
+            };
+            crate::plan::forward_with_identity(&config, &incoming, id, now)
+                .map_or(JsValue::UNDEFINED, |plan| plan.encode().into())
+        }
+        Decision::Reject => {
+            record(env, Outcome::Revoked(Via::Store), &timings, elapsed_ms);
+            render_value(&Reply::invalid_token())
+        }
+        Decision::Unknown => JsValue::UNDEFINED,
+    }
+}
+
+/// The entry's call when the store could not say after [`plan_stored`]: the origin's
+/// check and the answer, as the full path would give them, without reading the store
+/// a second time.
+#[wasm_bindgen::prelude::wasm_bindgen(js_name = checkUnknown)]
+pub async fn check_unknown(
+    req: web_sys::Request,
+    env: Env,
+    authorization: Option<String>,
+    cache_hit: bool,
+    store_ms: f64,
+    started: f64,
+) -> std::result::Result<web_sys::Response, JsValue> {
+    let failed = |e: worker::Error| JsValue::from_str(&e.to_string());
+    let Some((config, claims)) = verified_claims(&env, authorization.as_deref()) else {
+        // Gone from the cache in between: the full path checks it all again.
+        let config = config(&env).map_err(|e| JsValue::from_str(&e))?;
+        return handle(&req, &req.method(), &env, &config, None)
+            .await
+            .map_err(failed);
+    };
+    let url = req.url();
+    let Some((_, path_and_query)) = forward::split_url(&url) else {
+        return render(&Reply::not_found()).map_err(failed);
+    };
+    let method = req.method();
+    let target = Target {
+        method: &method,
+        path_and_query,
+        client_ip: client_ip(&req),
+    };
+    let mut timings = Timings {
+        cache: if cache_hit { Cache::Hit } else { Cache::Miss },
+        store_ms,
+        fallback_ms: 0.0,
+    };
+    let checked = unknown_session(&config, claims, &target.client_ip, &mut timings).await;
+    finish(&req, &target, &env, &config, checked, &timings, started)
+        .await
+        .map_err(failed)
+}
+
+/// The settings and the cached verification of the bearer token in `authorization`.
+fn verified_claims(env: &Env, authorization: Option<&str>) -> Option<(Rc<Config>, VerifiedClaims)> {
+    let config = config(env).ok()?;
+    let Credentials::Bearer(token) = request::credentials(authorization) else {
+        return None;
+    };
+    let leeway = config.validator.limits().leeway;
+    let claims = VERIFIED.with(|c| c.borrow_mut().get(token, now(), leeway))?;
+    Some((config, claims))
+}
+
+/// The key set that can decide a token with `kid` now, without waiting: `None` when
+/// it must be fetched first (or is being fetched), and the full path does that.
+fn usable_keys(config: &Config, kid: &str, now: u64) -> Option<Rc<KeySet>> {
+    if let Some(keys) = &config.static_keys {
+        return Some(keys.clone());
+    }
+    if KEY_FETCH.get().is_some()
+        || KEYS.with(|k| {
+            k.borrow()
+                .should_fetch(Some(kid), now, config.jwks_refetch_secs)
+        })
+    {
+        return None;
+    }
+    match KEYS.with(|k| k.borrow().lookup(Some(kid), now, config.jwks_stale_secs)) {
+        KeyLookup::Keys(keys) => Some(keys),
+        KeyLookup::Unavailable => None,
+    }
+}
+
+/// The session read of a verified token (Upstash; [`plan`] takes no other store).
+fn read_step(config: &Config, claims: &VerifiedClaims) -> Option<String> {
+    let StoreKind::Upstash { url, token } = &config.store else {
+        return None;
+    };
+    let keys = store::keys(&config.key_prefix, claims, false);
+    let body = store::mget_body(&keys);
+    Some(crate::plan::read_step(
+        url,
+        token,
+        config.store_timeout_ms,
+        &body,
+    ))
+}
+
+fn render_value(reply: &Reply) -> JsValue {
+    render(reply).map_or(JsValue::UNDEFINED, JsValue::from)
 }
 
 /// The answer when a planned forward failed with `error` (a `TimeoutError` when the
@@ -474,35 +698,25 @@ async fn protected(
     let started = js_sys::Date::now();
     let mut timings = Timings::default();
     let checked = check(raw, target, env, config, &mut timings).await;
-    let analytics = ANALYTICS.get().unwrap_or_else(|| {
-        let bound = env.analytics_engine("ANALYTICS").is_ok();
-        ANALYTICS.set(Some(bound));
-        bound
-    });
-    if let Some(dataset) = analytics
-        .then(|| env.analytics_engine("ANALYTICS").ok())
-        .flatten()
-    {
-        let outcome = match &checked {
-            Ok((_, _, via)) => Outcome::Valid(*via),
-            Err((_, outcome)) => *outcome,
-        };
-        let point = analytics::data_point(
-            outcome,
-            timings.cache,
-            timings.store_ms,
-            timings.fallback_ms,
-            js_sys::Date::now() - started,
-        );
-        let written = worker::AnalyticsEngineDataPointBuilder::new()
-            .indexes([point.index])
-            .blobs(point.blobs)
-            .doubles(point.doubles)
-            .write_to(&dataset);
-        if let Err(e) = written {
-            worker::console_error!("analytics: {e}");
-        }
-    }
+    finish(raw, target, env, config, checked, &timings, started).await
+}
+
+/// Records the decision (analytics) and answers it: the refusal, or the forward with
+/// the identity and the record's scope.
+async fn finish(
+    raw: &web_sys::Request,
+    target: &Target<'_>,
+    env: &Env,
+    config: &Config,
+    checked: std::result::Result<(VerifiedClaims, String, Via), Refusal>,
+    timings: &Timings,
+    started: f64,
+) -> Result<web_sys::Response> {
+    let outcome = match &checked {
+        Ok((_, _, via)) => Outcome::Valid(*via),
+        Err((_, outcome)) => *outcome,
+    };
+    record(env, outcome, timings, js_sys::Date::now() - started);
     let (claims, scope) = match checked {
         Ok((claims, scope, _)) => (claims, scope),
         Err((reply, _)) => return render(&reply),
@@ -525,6 +739,37 @@ async fn protected(
         body,
     )
     .await
+}
+
+/// Writes a decision's data point when the `ANALYTICS` binding exists (looked up once
+/// per isolate); nothing otherwise.
+fn record(env: &Env, outcome: Outcome, timings: &Timings, total_ms: f64) {
+    let analytics = ANALYTICS.get().unwrap_or_else(|| {
+        let bound = env.analytics_engine("ANALYTICS").is_ok();
+        ANALYTICS.set(Some(bound));
+        bound
+    });
+    let Some(dataset) = analytics
+        .then(|| env.analytics_engine("ANALYTICS").ok())
+        .flatten()
+    else {
+        return;
+    };
+    let point = analytics::data_point(
+        outcome,
+        timings.cache,
+        timings.store_ms,
+        timings.fallback_ms,
+        total_ms,
+    );
+    let written = worker::AnalyticsEngineDataPointBuilder::new()
+        .indexes([point.index])
+        .blobs(point.blobs)
+        .doubles(point.doubles)
+        .write_to(&dataset);
+    if let Err(e) = written {
+        worker::console_error!("analytics: {e}");
+    }
 }
 
 /// What a decision cost, for the analytics data point.
@@ -578,20 +823,28 @@ async fn check(
     match decision {
         Decision::Forward(record) => Ok((claims, record.scope, Via::Store)),
         Decision::Reject => Err((Reply::invalid_token(), Outcome::Revoked(Via::Store))),
-        Decision::Unknown => {
-            let fallback_started = js_sys::Date::now();
-            let answer = fallback(config, &claims, &target.client_ip).await;
-            timings.fallback_ms = js_sys::Date::now() - fallback_started;
-            let outcome = match &answer {
-                // Only read on refusal: an answer that refuses is "not active".
-                Some(_) => Outcome::Revoked(Via::Fallback),
-                None => Outcome::Unavailable(Missing::Session),
-            };
-            match crate::reply::after_fallback(answer) {
-                Ok(scope) => Ok((claims, scope, Via::Fallback)),
-                Err(reply) => Err((reply, outcome)),
-            }
-        }
+        Decision::Unknown => unknown_session(config, claims, &target.client_ip, timings).await,
+    }
+}
+
+/// When the store could not say: the origin's check, then its answer.
+async fn unknown_session(
+    config: &Config,
+    claims: VerifiedClaims,
+    client_ip: &str,
+    timings: &mut Timings,
+) -> std::result::Result<(VerifiedClaims, String, Via), Refusal> {
+    let fallback_started = js_sys::Date::now();
+    let answer = fallback(config, &claims, client_ip).await;
+    timings.fallback_ms = js_sys::Date::now() - fallback_started;
+    let outcome = match &answer {
+        // Only read on refusal: an answer that refuses is "not active".
+        Some(_) => Outcome::Revoked(Via::Fallback),
+        None => Outcome::Unavailable(Missing::Session),
+    };
+    match crate::reply::after_fallback(answer) {
+        Ok(scope) => Ok((claims, scope, Via::Fallback)),
+        Err(reply) => Err((reply, outcome)),
     }
 }
 
