@@ -5,7 +5,10 @@
 //   once per isolate by `createLocalJWKSet`), read what our edge reads for the
 //   session with one Upstash REST call (record, user not-before, freshness marker:
 //   the keys of shared/src/session.rs), refuse a missing record, forward with the
-//   identity.
+//   identity;
+// - (c) `/floor/*`: the same REST call and forward with no checks at all: what a
+//   validated request costs the platform (two subrequests) before any decision, the
+//   floor under any validating worker that reads the store per request.
 // Bundled with esbuild (jose is ESM in many files) by the benchmark driver.
 import { createLocalJWKSet, jwtVerify } from "jose";
 
@@ -32,6 +35,16 @@ export default {
     const url = new URL(request.url);
     if (url.pathname.startsWith("/public/")) {
       return fetch(env.UPSTREAM_URL + url.pathname + url.search, request);
+    }
+    if (url.pathname.startsWith("/floor/")) {
+      const reply = await fetch(env.UPSTASH_URL, {
+        method: "POST",
+        headers: { authorization: `Bearer ${env.UPSTASH_TOKEN}`, "content-type": "application/json" },
+        body: JSON.stringify(["MGET", `${env.KEY_PREFIX}a`, `${env.KEY_PREFIX}b`, `${env.KEY_PREFIX}c`]),
+        signal: AbortSignal.timeout(1000),
+      });
+      await reply.json();
+      return fetch(env.UPSTREAM_URL + url.pathname + url.search, { method: request.method, headers: request.headers });
     }
     if (!url.pathname.startsWith("/api/")) {
       return new Response("not found", { status: 404 });

@@ -342,6 +342,7 @@ impl Bench {
                 tokens(&warm),
             ));
         }
+        let floor = self.wrk_cpu_of(reference_pid, format!("{reference}/floor/bench"), vec![]);
         let cold_run = self.wrk_cpu(format!("{edge}/api/bench"), tokens(&cold));
         let ref_cold = self.wrk_cpu_of(
             reference_pid,
@@ -370,7 +371,8 @@ impl Bench {
             .map(|r| r.errors)
             .sum::<u64>()
             + cold_run.errors
-            + ref_cold.errors;
+            + ref_cold.errors
+            + floor.errors;
         assert_eq!(errors, 0, "the edge answered errors during the benchmark");
         let ratio = v.rate() / f.rate();
         self.row(
@@ -450,6 +452,20 @@ impl Bench {
             format!("{cb:.2}×"),
             "≥ 1.0×",
             Some(cb >= 1.0),
+        );
+        self.row(
+            "edge",
+            "JS reference (c), the floor: the REST read + forward, no checks (req/s; CPU)",
+            format!("{}; {:.3} ms", rate(&floor), floor.cpu_ms),
+            "",
+            None,
+        );
+        self.row(
+            "edge",
+            "(c) ÷ (b): the most any worker reading the store per request can reach",
+            format!("{:.2}×", floor.rate() / rb.rate()),
+            "",
+            None,
         );
         self.row(
             "edge",
