@@ -164,7 +164,7 @@ fn base_url(name: &str, value: &str) -> Result<String, String> {
             "{name} must be a plain https://host[:port][/path] URL"
         ));
     }
-    if !secure && !is_loopback_host(authority) {
+    if !secure && !shared::origins::is_loopback_host(authority) {
         return Err(format!(
             "{name} must use https (plain http only to a loopback address)"
         ));
@@ -175,19 +175,6 @@ fn base_url(name: &str, value: &str) -> Result<String, String> {
 /// The `host:port` a proof to `url` covers (`shared::proof::authority`).
 fn authority(name: &str, url: &str) -> Result<String, String> {
     shared::proof::authority(url).ok_or_else(|| format!("{name} has no valid host:port"))
-}
-
-/// Whether `host[:port]` names this machine: `localhost`, 127.0.0.0/8 or `[::1]`.
-pub fn is_loopback_host(authority: &str) -> bool {
-    let host = if let Some(v6) = authority.strip_prefix('[') {
-        return v6.split(']').next() == Some("::1");
-    } else {
-        authority.split(':').next().unwrap_or("")
-    };
-    host.eq_ignore_ascii_case("localhost")
-        || host
-            .parse::<std::net::Ipv4Addr>()
-            .is_ok_and(|ip| ip.is_loopback())
 }
 
 #[cfg(test)]

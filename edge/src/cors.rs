@@ -2,10 +2,13 @@
 //! forwarded and never challenged for a token (a browser sends no credentials on a
 //! preflight, Fetch standard §3.2.2), and responses to allowed origins say so.
 
-/// Exact origins allowed to call the edge from a browser (`ALLOWED_ORIGINS`).
+use shared::origins::AllowedOrigins;
+
+/// Exact origins allowed to call the edge from a browser (`ALLOWED_ORIGINS`, parsed
+/// by `shared::origins`, the rule the origin applies too).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Cors {
-    allowed: Vec<String>,
+    allowed: AllowedOrigins,
 }
 
 /// Methods a preflight may ask for.
@@ -29,33 +32,21 @@ pub enum Preflight {
 }
 
 impl Cors {
-    /// Parses `ALLOWED_ORIGINS`: comma-separated `scheme://host[:port]`, no path, no
-    /// wildcard, never `null` (a sandboxed or file page's origin, which any page can
-    /// claim). `https` except for loopback development origins.
+    /// Parses `ALLOWED_ORIGINS` (`shared::origins::AllowedOrigins::parse`).
     pub fn parse(value: &str) -> Result<Cors, String> {
-        let mut allowed = Vec::new();
-        for origin in value.split(',').map(str::trim).filter(|o| !o.is_empty()) {
-            let host = origin
-                .strip_prefix("https://")
-                .or_else(|| origin.strip_prefix("http://"))
-                .ok_or_else(|| format!("ALLOWED_ORIGINS entry {origin:?} needs a scheme"))?;
-            if host.is_empty() || host.contains(['/', '*', '?', '#', '@', ' ']) {
-                return Err(format!(
-                    "ALLOWED_ORIGINS entry {origin:?} must be an exact origin (scheme://host[:port])"
-                ));
-            }
-            if origin.starts_with("http://") && !crate::config::is_loopback_host(host) {
-                return Err(format!(
-                    "ALLOWED_ORIGINS entry {origin:?} must use https (http only for loopback)"
-                ));
-            }
-            allowed.push(origin.to_ascii_lowercase());
-        }
-        Ok(Cors { allowed })
+        AllowedOrigins::parse(value).map(|allowed| Cors { allowed })
     }
 
     pub fn allows(&self, origin: &str) -> bool {
-        self.allowed.iter().any(|a| a == origin)
+        self.allowed.allows(origin)
+    }
+
+    /// Whether a request from `origin` (its `Origin` header) may go on to a route of
+    /// the edge serving `url`: no `Origin`, the edge's own, or a listed one. Anything
+    /// else is refused with 403 before it is forwarded anywhere (DESIGN §7).
+    pub fn admits(&self, origin: Option<&str>, url: &str) -> bool {
+        self.allowed
+            .admits(origin, shared::origins::origin_of(url).unwrap_or_default())
     }
 
     /// Whether a request is a CORS preflight (Fetch standard §3.2.2).
@@ -139,22 +130,17 @@ mod tests {
     }
 
     #[test]
-    fn origins_must_be_exact_and_https_except_loopback() {
-        assert!(cors().allows("https://app.example"));
-        assert!(cors().allows("http://127.0.0.1:5173"));
-        assert!(!cors().allows("https://app.example.evil"));
-        assert!(!cors().allows("null"));
-        for bad in [
-            "*",
-            "null",
-            "app.example",
-            "https://*.example",
-            "https://app.example/",
-            "http://app.example",
-        ] {
-            assert!(Cors::parse(bad).is_err(), "{bad}");
-        }
-        assert_eq!(Cors::parse("").unwrap(), Cors::default());
+    fn requests_from_the_edges_own_origin_or_a_listed_one_go_on_and_others_are_refused() {
+        let url = "https://auth.example/auth/refresh";
+        assert!(cors().admits(None, url));
+        assert!(cors().admits(Some("https://auth.example"), url));
+        assert!(cors().admits(Some("https://app.example"), url));
+        assert!(!cors().admits(Some("https://evil.example"), url));
+        assert!(!cors().admits(Some("https://auth.example:8443"), url));
+        assert!(!cors().admits(Some("null"), url));
+        assert!(Cors::default().admits(Some("https://auth.example"), url));
+        assert!(!Cors::default().admits(Some("https://app.example"), url));
+        assert!(Cors::parse("https://*.example").is_err());
     }
 
     #[test]

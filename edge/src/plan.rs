@@ -71,11 +71,16 @@ impl ForwardPlan {
 }
 
 /// Whether the entry may take `incoming` on one of the steps here: not a preflight, a
-/// method the edge forwards, and no CORS to add (the full path owns all three).
+/// method the edge forwards, no CORS to add and no `Origin` to check (the full path
+/// owns all four).
 fn plain(config: &Config, incoming: &Incoming<'_>) -> bool {
     config.cors == Cors::default()
         && incoming.method != "OPTIONS"
         && request::is_forwarded_method(incoming.method)
+        && !incoming
+            .header_names
+            .split('\t')
+            .any(|name| name == "origin")
 }
 
 /// The plan for `incoming` at `now` on `/auth/*`, the JWKS or a public path, or `None`
@@ -301,7 +306,16 @@ mod tests {
         unknown_size.content_length = None;
         let mut too_large = incoming("POST", "https://e/auth/login");
         too_large.content_length = Some("999999");
+        // A browser's request: its Origin is checked on the full path.
+        let mut from_a_page = incoming("GET", "https://e/public/a");
+        from_a_page.header_names = "accept\torigin";
+        assert!(!is_plain_protected(&config, &{
+            let mut r = incoming("GET", "https://e/api/me");
+            r.header_names = "authorization\torigin";
+            r
+        }));
         for request in [
+            from_a_page,
             incoming("GET", "https://e/api/me"),
             incoming("GET", "https://e/metrics"),
             incoming("POST", "https://e/__edge/kv"),

@@ -367,14 +367,8 @@ async fn fetch(
         }
     };
     let method = req.method();
-    // Only CORS reads the Origin header: not fetched at all when no origin is allowed
-    // and the request is no preflight.
     let cors = config.cors != Cors::default();
-    let origin = if cors || method == "OPTIONS" {
-        req.headers().get("origin").ok().flatten()
-    } else {
-        None
-    };
+    let origin = req.headers().get("origin").ok().flatten();
     let response = match handle(&req, &method, &env, &config, origin.as_deref()).await {
         Ok(response) => response,
         Err(e) => {
@@ -477,6 +471,11 @@ async fn handle(
             // Answered here without CORS headers: the browser refuses the request.
             Preflight::Refused(why) => render(&Reply::forbidden(why)),
         };
+    }
+    // A browser request from an origin neither ours nor listed goes nowhere: the
+    // origin behind never sees it, cookie or not (DESIGN §7).
+    if !config.cors.admits(origin, &url) {
+        return render(&Reply::forbidden("origin not allowed"));
     }
     if !is_forwarded_method(method) {
         return render(&Reply::method_not_allowed());

@@ -22,6 +22,7 @@ mod error;
 mod json;
 mod jwk;
 mod key;
+pub mod origins;
 pub mod proof;
 pub mod session;
 mod token;
