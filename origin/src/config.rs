@@ -195,6 +195,13 @@ pub struct Config {
     #[arg(long, env = "DEV_COOKIE_NAMES", default_value_t = false)]
     pub dev_cookie_names: bool,
 
+    /// Browser origins allowed to use cookie mode besides this server's own (DESIGN §7):
+    /// exact `https://host[:port]` (`http://` only for loopback), comma-separated, no
+    /// wildcard, never `null`. Applied to requests that reach the origin directly; the
+    /// edge applies its own `ALLOWED_ORIGINS` (set both to the same list).
+    #[arg(long, env = "ALLOWED_ORIGINS", default_value = "", value_parser = parse_allowed_origins)]
+    pub allowed_origins: shared::origins::AllowedOrigins,
+
     /// Requests per second the edge's degraded-mode check (`/internal/validate`) may make.
     #[arg(long, env = "FALLBACK_RATE_PER_SEC", default_value_t = 200)]
     pub fallback_rate_per_sec: u32,
@@ -202,6 +209,10 @@ pub struct Config {
     /// `json` or `text`.
     #[arg(long, env = "LOG_FORMAT", default_value = "text")]
     pub log_format: String,
+}
+
+fn parse_allowed_origins(value: &str) -> Result<shared::origins::AllowedOrigins, String> {
+    shared::origins::AllowedOrigins::parse(value)
 }
 
 /// A `host:port` setting, written as proofs cover it (`shared::proof::authority`):

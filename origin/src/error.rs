@@ -26,6 +26,9 @@ pub enum ApiError {
     MethodNotAllowed,
     /// 401 `invalid_client` with `WWW-Authenticate: Basic` (RFC 6749 §5.2).
     InvalidClient,
+    /// 403 `invalid_request`: refused whoever asks, e.g. a browser-mode request from
+    /// an origin that is not allowed (DESIGN §7).
+    Forbidden(&'static str),
     /// 404.
     NotFound,
     /// 409: the username is taken.
@@ -79,6 +82,7 @@ impl IntoResponse for ApiError {
                 "invalid_client",
                 "client authentication failed",
             ),
+            ApiError::Forbidden(d) => (StatusCode::FORBIDDEN, "invalid_request", d),
             ApiError::NotFound => (StatusCode::NOT_FOUND, "not_found", "no such resource"),
             ApiError::Conflict(d) => (StatusCode::CONFLICT, "conflict", d),
             ApiError::TooManyRequests { .. } => (

@@ -431,3 +431,136 @@ async fn without_its_keys_the_edge_answers_503_and_a_rotated_out_key_stops_verif
     let (status, _, _) = stack.get(&stack.edge, "/api/me", Some(&token_b), &[]).await;
     assert_eq!(status, 200);
 }
+
+/// The `Set-Cookie` header of `headers` for cookie `name`, whole.
+fn set_cookie<'h>(headers: &'h reqwest::header::HeaderMap, name: &str) -> Option<&'h str> {
+    headers
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with(&format!("{name}=")))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_mode_through_the_edge_the_cookie_passes_untouched_and_other_origins_are_refused() {
+    let app = "https://app.example";
+    let stack = Stack::start(Options {
+        edge_vars: vec![("ALLOWED_ORIGINS", app.into())],
+        origin_env: vec![("ALLOWED_ORIGINS", app.into())],
+        ..Options::default()
+    })
+    .await;
+    let (username, password, _) = stack.user().await;
+    let creds = json!({ "username": username, "password": password });
+    let delivery = ("x-token-delivery", "cookie");
+    let name = "__Secure-refresh_token";
+
+    // The preflight a cross-origin page's cookie-mode call needs is answered.
+    let preflight = stack
+        .http
+        .request(
+            reqwest::Method::OPTIONS,
+            format!("{}/auth/refresh", stack.edge),
+        )
+        .header("origin", app)
+        .header("access-control-request-method", "POST")
+        .header(
+            "access-control-request-headers",
+            "content-type, x-token-delivery",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(preflight.status().as_u16(), 204);
+
+    // Login from the listed origin: the cookie arrives as the origin set it.
+    let (status, body, headers) = stack
+        .post_json_with(
+            &stack.edge,
+            "/auth/login",
+            creds.clone(),
+            &[delivery, ("origin", app)],
+        )
+        .await;
+    assert_eq!(status, 200, "{body}\n{}", stack.logs());
+    assert!(body.get("refresh_token").is_none(), "{body}");
+    assert_eq!(headers["access-control-allow-origin"], app);
+    assert_eq!(headers["access-control-allow-credentials"], "true");
+    let set = set_cookie(&headers, name)
+        .expect("the refresh cookie")
+        .to_string();
+    let max_age = body["refresh_token_expires_in"].as_u64().unwrap();
+    let value = set.split(';').next().unwrap()[name.len() + 1..].to_string();
+    assert_eq!(
+        set,
+        format!("{name}={value}; Max-Age={max_age}; Path=/auth; HttpOnly; Secure; SameSite=Strict")
+    );
+    let cookie = format!("{name}={value}");
+
+    // A page of another origin, even on this host at another port (the same site, so
+    // SameSite does not hold the cookie back), posting to /auth/refresh with it: 403 at
+    // the edge, and nothing reached the origin (no rotation, no request in its log).
+    let rotations = || stack.sql("select count(*) from refresh_token where rotated_at is not null");
+    let before = rotations();
+    let other_port = format!("http://127.0.0.1:{}", e2e::free_port());
+    for origin in [other_port.as_str(), "https://evil.example", "null"] {
+        let (status, body, headers) = stack
+            .post_json_with(
+                &stack.edge,
+                "/auth/refresh",
+                json!({}),
+                &[delivery, ("cookie", &cookie), ("origin", origin)],
+            )
+            .await;
+        assert_eq!(status, 403, "{origin}: {body}");
+        assert!(headers.get("access-control-allow-origin").is_none());
+        assert!(headers.get("set-cookie").is_none());
+    }
+    assert_eq!(rotations(), before);
+
+    // From the listed origin, and from the edge's own, the cookie refreshes.
+    let mut cookie = cookie;
+    for origin in [app, stack.edge.as_str()] {
+        let (status, body, headers) = stack
+            .post_json_with(
+                &stack.edge,
+                "/auth/refresh",
+                json!({}),
+                &[delivery, ("cookie", &cookie), ("origin", origin)],
+            )
+            .await;
+        assert_eq!(status, 200, "{origin}: {body}\n{}", stack.logs());
+        assert!(body.get("refresh_token").is_none());
+        let set = set_cookie(&headers, name).expect("the successor's cookie");
+        let next = set.split(';').next().unwrap().to_string();
+        assert_ne!(next, cookie, "rotated");
+        cookie = next;
+    }
+    assert_eq!(
+        rotations().parse::<u32>().unwrap(),
+        before.parse::<u32>().unwrap() + 2
+    );
+
+    // Logout through the edge clears it.
+    let (status, body, _) = stack
+        .post_json_with(
+            &stack.edge,
+            "/auth/refresh",
+            json!({}),
+            &[delivery, ("cookie", &cookie)],
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let access = body["access_token"].as_str().unwrap();
+    let out = stack
+        .http
+        .post(format!("{}/auth/logout", stack.edge))
+        .bearer_auth(access)
+        .header(delivery.0, delivery.1)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status().as_u16(), 204);
+    let cleared = set_cookie(out.headers(), name).expect("a clearing cookie");
+    assert!(cleared.starts_with(&format!("{name}=;")) && cleared.contains("Max-Age=0"));
+}

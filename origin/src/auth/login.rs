@@ -5,9 +5,10 @@ use std::time::Instant;
 
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, header};
-use axum::response::{AppendHeaders, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use uuid::Uuid;
 
+use super::cookie::{self, Delivery};
 use super::register::{Credentials, normalize_username};
 use super::tokens::RefreshToken;
 use super::{ClientInfo, TokenResponse, issue};
@@ -26,6 +27,10 @@ pub async fn login(
     Json(body): Json<Credentials>,
 ) -> ApiResult<Response> {
     let started = Instant::now();
+    let delivery = cookie::delivery(&headers)?;
+    if delivery == Delivery::Cookie {
+        cookie::check_origin(&headers, &state.config.allowed_origins, client.via_edge)?;
+    }
     let result = attempt(&state, &client, &headers, body).await;
     METRICS
         .login_seconds
@@ -38,7 +43,29 @@ pub async fn login(
     };
     METRICS.logins.get_or_create(&Outcome { outcome }).inc();
     let (tokens, device_cookie) = result?;
-    Ok((AppendHeaders([(header::SET_COOKIE, device_cookie)]), tokens).into_response())
+    let mut response = deliver(&state, tokens, delivery);
+    response
+        .headers_mut()
+        .append(header::SET_COOKIE, device_cookie);
+    Ok(response)
+}
+
+/// The token response as `delivery` wants it: in browser mode the refresh token moves
+/// from the body to its cookie, living as long as the token does.
+pub fn deliver(state: &AppState, mut tokens: TokenResponse, delivery: Delivery) -> Response {
+    let in_cookie = match delivery {
+        Delivery::Json => None,
+        Delivery::Cookie => tokens.refresh_token.take(),
+    };
+    let max_age = tokens.refresh_token_expires_in;
+    let mut response = tokens.into_response();
+    if let Some(token) = in_cookie {
+        let name = cookie::name(state.config.dev_cookie_names);
+        response
+            .headers_mut()
+            .append(header::SET_COOKIE, cookie::set(name, &token, max_age));
+    }
+    response
 }
 
 /// Checks the credentials under the throttle; on success, the tokens and the

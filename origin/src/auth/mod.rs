@@ -2,6 +2,7 @@
 
 pub mod bodies;
 pub mod client;
+pub mod cookie;
 pub mod login;
 pub mod logout;
 pub mod oauth;
@@ -34,6 +35,9 @@ use tokens::RefreshToken;
 pub struct ClientInfo {
     pub ip: IpAddr,
     pub user_agent: Option<String>,
+    /// Whether the request came through the edge (its proof checked out), which then
+    /// already applied the browser-origin rule ([`cookie::check_origin`]).
+    pub via_edge: bool,
 }
 
 impl FromRequestParts<AppState> for ClientInfo {
@@ -47,6 +51,7 @@ impl FromRequestParts<AppState> for ClientInfo {
             .as_ref()
             .and_then(|edge| edge.origin(parts))
             .map(|v| v.client_ip);
+        let via_edge = vouched.is_some();
         let forwarded = || {
             state
                 .config
@@ -72,7 +77,11 @@ impl FromRequestParts<AppState> for ClientInfo {
             .get(header::USER_AGENT)
             .and_then(|v| v.to_str().ok())
             .map(|ua| ua.chars().filter(|c| !c.is_control()).take(256).collect());
-        Ok(ClientInfo { ip, user_agent })
+        Ok(ClientInfo {
+            ip,
+            user_agent,
+            via_edge,
+        })
     }
 }
 
@@ -191,7 +200,9 @@ pub struct TokenResponse {
     pub access_token: String,
     pub token_type: &'static str,
     pub expires_in: u64,
-    pub refresh_token: String,
+    /// Left out in browser mode, where the token is in a cookie instead ([`cookie`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refresh_token: Option<String>,
     pub refresh_token_expires_in: u64,
     pub scope: String,
 }
@@ -244,7 +255,7 @@ pub fn issue(
         access_token,
         token_type: "Bearer",
         expires_in: exp.saturating_sub(now),
-        refresh_token: refresh.encode(),
+        refresh_token: Some(refresh.encode()),
         refresh_token_expires_in: session_left.min(config.session_idle_ttl_secs),
         scope: row.scope.clone(),
     })

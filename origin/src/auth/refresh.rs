@@ -13,11 +13,14 @@
 
 use std::time::Instant;
 
-use axum::extract::State;
+use axum::extract::{FromRequest, Request, State};
+use axum::http::{HeaderMap, header};
+use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::json;
 
+use super::cookie::{self, Delivery};
 use super::tokens::RefreshToken;
 use super::{ClientInfo, TokenResponse, issue};
 use crate::db;
@@ -32,13 +35,36 @@ pub struct RefreshRequest {
     refresh_token: String,
 }
 
+/// In JSON mode the token is the body's `refresh_token`; in browser mode
+/// (`X-Token-Delivery: cookie`) it is the cookie's and the body is not read
+/// (`crate::auth::cookie`). The cookie without that header is refused before any
+/// lookup, and an `invalid_grant` in browser mode clears it.
 pub async fn refresh(
     State(state): State<AppState>,
     client: ClientInfo,
-    Json(body): Json<RefreshRequest>,
-) -> ApiResult<TokenResponse> {
+    headers: HeaderMap,
+    request: Request,
+) -> ApiResult<Response> {
+    let delivery = cookie::delivery(&headers)?;
+    let name = cookie::name(state.config.dev_cookie_names);
+    let presented = match delivery {
+        Delivery::Json => {
+            if cookie::read(&headers, name).is_some() {
+                return Err(ApiError::Forbidden(
+                    "the refresh cookie is read only with X-Token-Delivery: cookie",
+                ));
+            }
+            let Json(body) = Json::<RefreshRequest>::from_request(request, &state).await?;
+            body.refresh_token
+        }
+        Delivery::Cookie => {
+            cookie::check_origin(&headers, &state.config.allowed_origins, client.via_edge)?;
+            // No cookie: nothing to refresh, the same answer as a bad one.
+            cookie::read(&headers, name).unwrap_or_default().to_string()
+        }
+    };
     let started = Instant::now();
-    let result = exchange(&state, &client, &body.refresh_token).await;
+    let result = exchange(&state, &client, &presented).await;
     METRICS
         .refresh_seconds
         .observe(started.elapsed().as_secs_f64());
@@ -48,7 +74,17 @@ pub async fn refresh(
         Err(_) => "error",
     };
     METRICS.refreshes.get_or_create(&Outcome { outcome }).inc();
-    result
+    match (result, delivery) {
+        (Ok(tokens), delivery) => Ok(super::login::deliver(&state, tokens, delivery)),
+        (Err(ApiError::InvalidGrant), Delivery::Cookie) => {
+            let mut response = ApiError::InvalidGrant.into_response();
+            response
+                .headers_mut()
+                .append(header::SET_COOKIE, cookie::clear(name));
+            Ok(response)
+        }
+        (Err(error), _) => Err(error),
+    }
 }
 
 /// What a presented refresh token is, given its locked rows.
