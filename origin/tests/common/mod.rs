@@ -408,6 +408,11 @@ impl Origin {
         child.wait().expect("wait for the origin")
     }
 
+    /// The running origin's process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill(); // SIGKILL on Unix
