@@ -90,6 +90,36 @@ pub enum Error {
     Record,
 }
 
+impl Error {
+    /// A stable, machine-readable name of the failure (`"expired"`, `"claim"` …), for
+    /// callers outside Rust (the JavaScript verifier's `VerifyError.code`). For
+    /// [`Error::Claim`], the claim is [`Claim::name`].
+    pub const fn code(self) -> &'static str {
+        match self {
+            Error::TooLong => "too_long",
+            Error::Malformed => "malformed",
+            Error::Base64 => "base64",
+            Error::Json => "json",
+            Error::Algorithm => "algorithm",
+            Error::Type => "type",
+            Error::Critical => "critical",
+            Error::KeyReference => "key_reference",
+            Error::KeyId => "key_id",
+            Error::UnknownKey => "unknown_key",
+            Error::Signature => "signature",
+            Error::Claim(_) => "claim",
+            Error::Issuer => "issuer",
+            Error::Audience => "audience",
+            Error::Expired => "expired",
+            Error::NotYetValid => "not_yet_valid",
+            Error::IssuedInFuture => "issued_in_future",
+            Error::Lifetime => "lifetime",
+            Error::Key => "key",
+            Error::Record => "record",
+        }
+    }
+}
+
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let text = match self {

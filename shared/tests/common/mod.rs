@@ -119,9 +119,46 @@ pub fn with_header(edit: impl FnOnce(&mut Map<String, Value>)) -> String {
 }
 
 pub fn verify(token: &str) -> Result<shared::VerifiedClaims, shared::Error> {
-    validator().verify(token.as_bytes(), &keys(), NOW)
+    verify_at(token, NOW)
 }
 
 pub fn verify_at(token: &str, now: u64) -> Result<shared::VerifiedClaims, shared::Error> {
-    validator().verify(token.as_bytes(), &keys(), now)
+    let result = validator().verify(token.as_bytes(), &keys(), now);
+    record(token, now, &result);
+    result
+}
+
+/// With `SHARED_VECTORS_OUT` set (`scripts/test-js-verifier`), appends each vector
+/// checked through [`verify_at`] to that file as a JSON line, with the Rust verdict,
+/// so the JavaScript verifier is run on exactly these vectors and must agree.
+fn record(token: &str, now: u64, result: &Result<shared::VerifiedClaims, shared::Error>) {
+    #[cfg(not(target_arch = "wasm32"))]
+    if let Ok(path) = std::env::var("SHARED_VECTORS_OUT") {
+        use std::io::Write as _;
+        static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let expected = match result {
+            Ok(claims) => json!({
+                "sub": claims.subject(), "sid": claims.session_id(), "scope": claims.scope(),
+                "exp": claims.expires_at(), "iat": claims.issued_at(), "nbf": claims.not_before(),
+                "jti": claims.token_id(), "iss": claims.issuer(),
+            }),
+            Err(error) => json!({
+                "error": error.code(),
+                "claim": match error { shared::Error::Claim(c) => Some(c.name()), _ => None },
+            }),
+        };
+        let line = json!({
+            "token": token, "now": now, "jwks": keys().to_jwks(),
+            "issuer": ISSUER, "audience": AUDIENCE, "expected": expected,
+        });
+        let _guard = LOCK.lock().unwrap();
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .expect("SHARED_VECTORS_OUT is writable");
+        writeln!(file, "{line}").expect("write a vector");
+    }
+    #[cfg(target_arch = "wasm32")]
+    let _ = (token, now, result);
 }
