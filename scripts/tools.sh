@@ -55,6 +55,14 @@ ensure_wasm_bindgen() {
   install_crate wasm-bindgen-cli "$(locked_version wasm-bindgen)" wasm-bindgen-test-runner
 }
 
+# wasm-pack packages the JavaScript verifier (verifier/); it runs offline with the
+# wasm-bindgen CLI above and npm's wasm-opt on PATH (it only warns that it could not
+# check its own version).
+WASM_PACK_VERSION=0.13.1
+ensure_wasm_pack() {
+  install_crate wasm-pack "$WASM_PACK_VERSION" wasm-pack
+}
+
 CARGO_FUZZ_VERSION=0.13.2
 ensure_cargo_fuzz() {
   install_crate cargo-fuzz "$CARGO_FUZZ_VERSION" cargo-fuzz
