@@ -13,7 +13,7 @@ import { createLocalJWKSet, jwtVerify } from "jose";
 const [pkgDir, vectorsFile, secondsArg] = process.argv.slice(2);
 const seconds = Number(secondsArg ?? 2);
 const require = createRequire(import.meta.url);
-const { verify } = require(resolve(pkgDir));
+const { verify, verifySync } = require(resolve(pkgDir));
 
 const vector = readFileSync(vectorsFile, "utf8").trim().split("\n").map((l) => JSON.parse(l)).find((v) => !v.expected.error);
 const { token, issuer, audience, now } = vector;
@@ -22,7 +22,7 @@ const localSet = createLocalJWKSet(JSON.parse(jwks));
 const currentDate = new Date(now * 1000);
 
 // Both must accept the token before anything is timed.
-const ours = verify(token, jwks, { issuer, audience, now });
+const ours = await verify(token, jwks, { issuer, audience, now });
 const theirs = (await jwtVerify(token, localSet, { issuer, audience, typ: "at+jwt", currentDate })).payload;
 if (ours.sub !== theirs.sub) throw new Error("the two verifiers disagree");
 
@@ -35,14 +35,15 @@ async function rate(run) {
   }
   return n / seconds;
 }
-const oursRun = () => verify(token, jwks, { issuer, audience, now });
-const joseRun = () => jwtVerify(token, localSet, { issuer, audience, typ: "at+jwt", currentDate });
-await rate(oursRun); // warm-up
-await rate(joseRun);
-const rounds = { ours: [], jose: [] };
+const runs = {
+  ours: () => verify(token, jwks, { issuer, audience, now }),
+  sync: () => verifySync(token, jwks, { issuer, audience, now }),
+  jose: () => jwtVerify(token, localSet, { issuer, audience, typ: "at+jwt", currentDate }),
+};
+const rounds = { ours: [], sync: [], jose: [] };
+for (const run of Object.values(runs)) await rate(run); // warm-up
 for (let round = 0; round < 3; round++) {
-  rounds.ours.push(await rate(oursRun));
-  rounds.jose.push(await rate(joseRun));
+  for (const [name, run] of Object.entries(runs)) rounds[name].push(await rate(run));
 }
 const median = (xs) => [...xs].sort((a, b) => a - b)[1];
 const fmt = (x) => Math.round(x).toLocaleString("en-US");
@@ -53,7 +54,10 @@ const size = (f) => {
   return `${f} ${statSync(join(pkgDir, f)).size.toLocaleString("en-US")} B (${gzipSync(bytes, { level: 9 }).length.toLocaleString("en-US")} B gzip)`;
 };
 console.log(`js verifier under Node ${process.version}, ${seconds} s rounds, median of 3:`);
-console.log(`  edge-auth-verifier (wasm-pack, shared): ${fmt(median(rounds.ours))} verifies/s  [${rounds.ours.map(fmt).join(", ")}]`);
-console.log(`  jose ${require("jose/package.json").version} jwtVerify:                ${fmt(median(rounds.jose))} verifies/s  [${rounds.jose.map(fmt).join(", ")}]`);
-console.log(`  ours ÷ jose: ${(median(rounds.ours) / median(rounds.jose)).toFixed(2)}×`);
+const row = (label, name) =>
+  console.log(`  ${label.padEnd(48)} ${fmt(median(rounds[name])).padStart(7)} verifies/s  [${rounds[name].map(fmt).join(", ")}]`);
+row("edge-auth-verifier verify (WebCrypto Ed25519)", "ours");
+row("edge-auth-verifier verifySync (Ed25519 in Wasm)", "sync");
+row(`jose ${require("jose/package.json").version} jwtVerify (createLocalJWKSet)`, "jose");
+console.log(`  verify ÷ jose: ${(median(rounds.ours) / median(rounds.jose)).toFixed(2)}×; verifySync ÷ jose: ${(median(rounds.sync) / median(rounds.jose)).toFixed(2)}×`);
 console.log(`  package size: ${files.map(size).join("; ")}`);
