@@ -63,6 +63,19 @@ ensure_wasm_pack() {
   install_crate wasm-pack "$WASM_PACK_VERSION" wasm-pack
 }
 
+# Headless Chromium for the browser tests: Debian's package (playwright-core drives it
+# through executablePath; no browser is ever downloaded by a tool).
+ensure_chromium() {
+  command -v chromium >/dev/null 2>&1 && return 0
+  log "installing chromium (Debian package, for the browser tests)"
+  local apt_get=(apt-get)
+  [ "$(id -u)" = 0 ] || apt_get=(sudo apt-get)
+  DEBIAN_FRONTEND=noninteractive "${apt_get[@]}" install -y -qq chromium >/dev/null 2>&1 ||
+    { "${apt_get[@]}" update -qq >/dev/null &&
+      DEBIAN_FRONTEND=noninteractive "${apt_get[@]}" install -y -qq chromium >/dev/null; } ||
+    die "could not install chromium: apt-get install chromium"
+}
+
 CARGO_FUZZ_VERSION=0.13.2
 ensure_cargo_fuzz() {
   install_crate cargo-fuzz "$CARGO_FUZZ_VERSION" cargo-fuzz
@@ -101,4 +114,8 @@ build_edge() {
     --enable-multivalue --enable-exception-handling \
     "$out/edge_bg.wasm" -o "$out/edge_bg.wasm"
   cp "$REPO_ROOT/edge/js/index.js" "$out/index.js"
+  # The static assets the edge serves (wrangler.toml [assets]): the demo page and the
+  # browser package it uses, as shipped (browser/src).
+  mkdir -p "$out/assets"
+  cp "$REPO_ROOT/edge/assets/"* "$REPO_ROOT/browser/src/edge-auth.js" "$out/assets/"
 }
