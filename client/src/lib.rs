@@ -112,10 +112,12 @@ struct Inner {
     base: String,
     store: Box<dyn TokenStore>,
     state: Mutex<State>,
-    /// Held while refreshing: one refresh in flight.
-    refreshing: tokio::sync::Mutex<()>,
+    /// Held while refreshing (and logging in or out): one refresh in flight.
+    refreshing: Arc<tokio::sync::Mutex<()>>,
     refreshes: AtomicU64,
 }
+
+type Flight = tokio::sync::OwnedMutexGuard<()>;
 
 /// A session with the auth server: cheap to clone (shared), and the middleware.
 #[derive(Clone)]
@@ -151,7 +153,7 @@ impl Auth {
                 base: base.trim_end_matches('/').to_owned(),
                 store: Box::new(store),
                 state: Mutex::default(),
-                refreshing: tokio::sync::Mutex::new(()),
+                refreshing: Arc::default(),
                 refreshes: AtomicU64::new(0),
             }),
         }
@@ -159,6 +161,8 @@ impl Auth {
 
     /// Logs in; the refresh token is saved before this returns.
     pub async fn login(&self, username: &str, password: &str) -> Result<(), Error> {
+        // Not while a refresh of an older session could land after it.
+        let _flight = self.flight().await;
         let body = serde_json::json!({ "username": username, "password": password });
         match self.post("/auth/login", &body).await {
             Outcome::Tokens(tokens) => self.take(tokens, Instant::now()).await,
@@ -179,19 +183,37 @@ impl Auth {
         });
     }
 
-    /// Ends the session at the server (`POST /auth/logout`) and forgets it here.
+    /// Ends the session at the server (`POST /auth/logout`) and forgets it here. A
+    /// refused access token is refreshed once first; the session is forgotten only
+    /// once the server ended it (or says it had).
     pub async fn logout(&self) -> Result<(), Error> {
-        let access = self.access_token().await?;
-        let response = self
-            .inner
-            .http
-            .post(format!("{}/auth/logout", self.inner.base))
-            .bearer_auth(access)
-            .send()
-            .await
-            .map_err(|_| Error::Unavailable { retry_after: None })?;
+        let mut access = self.access_token().await?;
+        let mut retried = false;
+        let response = loop {
+            let response = self
+                .inner
+                .http
+                .post(format!("{}/auth/logout", self.inner.base))
+                .bearer_auth(&access)
+                .send()
+                .await
+                .map_err(|_| Error::Unavailable { retry_after: None })?;
+            let challenge = response
+                .headers()
+                .get(WWW_AUTHENTICATE)
+                .and_then(|v| v.to_str().ok());
+            if retried || !policy::is_invalid_token(response.status().as_u16(), challenge) {
+                break response;
+            }
+            retried = true;
+            access = match self.after_rejection(&access).await {
+                Err(Error::SessionEnded) => return Ok(()), // ended already, and forgotten
+                other => other?,
+            };
+        };
         match response.status().as_u16() {
-            204 | 401 => {
+            204 => {
+                let _flight = self.flight().await;
                 self.ended().await;
                 Ok(())
             }
@@ -218,7 +240,7 @@ impl Auth {
             (freshness, held.access.clone(), held.unsaved)
         };
         if unsaved {
-            let _flight = self.inner.refreshing.lock().await;
+            let _flight = self.flight().await;
             self.save_held().await?;
         }
         match freshness {
@@ -226,8 +248,8 @@ impl Auth {
             Freshness::RefreshSoon => {
                 // Whoever is first refreshes; a failure is not the caller's: the token
                 // is still valid, and the backoff spaces the next try.
-                if let Ok(_flight) = self.inner.refreshing.try_lock() {
-                    match self.refresh_unless_changed(&token).await {
+                if let Ok(flight) = self.inner.refreshing.clone().try_lock_owned() {
+                    match self.refresh_unless_changed(flight, &token).await {
                         Ok(fresh) => return Ok(fresh),
                         Err(Error::SessionEnded) => return Err(Error::SessionEnded),
                         Err(_) => {}
@@ -236,8 +258,8 @@ impl Auth {
                 Ok(self.current().unwrap_or(token))
             }
             Freshness::Expired => {
-                let _flight = self.inner.refreshing.lock().await;
-                self.refresh_unless_changed(&token).await
+                let flight = self.flight().await;
+                self.refresh_unless_changed(flight, &token).await
             }
         }
     }
@@ -245,13 +267,17 @@ impl Auth {
     /// After the server refused `used`: a new token, refreshed unless another caller
     /// already replaced `used`.
     async fn after_rejection(&self, used: &str) -> Result<String, Error> {
-        let _flight = self.inner.refreshing.lock().await;
-        self.refresh_unless_changed(used).await
+        let flight = self.flight().await;
+        self.refresh_unless_changed(flight, used).await
     }
 
-    /// Refreshes, with the flight lock held, unless the held token is no longer
-    /// `seen` and is fresh (someone refreshed while this caller waited: use theirs).
-    async fn refresh_unless_changed(&self, seen: &str) -> Result<String, Error> {
+    async fn flight(&self) -> Flight {
+        self.inner.refreshing.clone().lock_owned().await
+    }
+
+    /// Refreshes, holding `flight`, unless the held token is no longer `seen` and is
+    /// fresh (someone refreshed while this caller waited: use theirs).
+    async fn refresh_unless_changed(&self, flight: Flight, seen: &str) -> Result<String, Error> {
         // Another caller's refresh whose token the store has not taken yet: saved
         // first, never used unsaved.
         self.save_held().await?;
@@ -272,11 +298,24 @@ impl Auth {
             held.refresh.clone()
         };
         self.inner.refreshes.fetch_add(1, Ordering::Relaxed);
+        // In a task of its own, holding the flight: once sent, the old token is spent,
+        // so the answer must be taken and saved even if this caller gives up waiting.
+        let auth = self.clone();
+        tokio::spawn(async move {
+            let _flight = flight;
+            auth.exchange(refresh).await
+        })
+        .await
+        .unwrap_or(Err(Error::Unavailable { retry_after: None }))
+    }
+
+    /// Presents `refresh` and takes what the server answers.
+    async fn exchange(&self, refresh: String) -> Result<String, Error> {
         let body = serde_json::json!({ "refresh_token": refresh });
         match self.post("/auth/refresh", &body).await {
             Outcome::Tokens(tokens) => {
                 self.take(tokens, Instant::now()).await?;
-                Ok(self.current().unwrap_or_default())
+                self.current().ok_or(Error::SessionEnded)
             }
             Outcome::Ended => {
                 self.ended().await;
@@ -306,7 +345,8 @@ impl Auth {
                 access: tokens.access_token,
                 refresh,
                 received,
-                lifetime: Duration::from_secs(tokens.expires_in),
+                // Bounded so no arithmetic on it can overflow.
+                lifetime: Duration::from_secs(tokens.expires_in.min(86_400)),
                 unsaved: true,
             });
         }

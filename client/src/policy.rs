@@ -106,8 +106,13 @@ pub fn is_invalid_token(status: u16, www_authenticate: Option<&str>) -> bool {
     status == 401 && www_authenticate.is_some_and(|v| v.contains("error=\"invalid_token\""))
 }
 
-/// Waits between failed refreshes: 0.5 s doubling to 30 s, or the server's
-/// `Retry-After` (at most 5 min), so an outage is not met with a refresh per request.
+/// Waits between failed refreshes: 0.5 s doubling to 10 s, or the server's
+/// `Retry-After` up to 10 s, so an outage is not met with a refresh per request. At
+/// most 10 s because a failure may be a lost answer: the server then rotated, and the
+/// token held is good only within its grace window (30 s by default) to get the same
+/// successor; a later retry would be a reuse.
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Backoff {
     failures: u32,
@@ -124,7 +129,7 @@ impl Backoff {
 
     pub fn failed(&mut self, now: Instant, retry_after: Option<Duration>) {
         let doubling = Duration::from_millis(500) * 2u32.saturating_pow(self.failures.min(6));
-        let wait = retry_after.unwrap_or(doubling.min(Duration::from_secs(30)));
+        let wait = retry_after.unwrap_or(doubling).min(MAX_BACKOFF);
         self.failures = self.failures.saturating_add(1);
         self.until = Some(now + wait);
     }
@@ -227,10 +232,16 @@ mod tests {
         for _ in 0..10 {
             backoff.failed(t0, None);
         }
-        assert_eq!(backoff.wait(t0), Some(30 * S), "capped");
+        assert_eq!(
+            backoff.wait(t0),
+            Some(10 * S),
+            "capped inside the grace window"
+        );
         backoff.failed(t0, Some(5 * S));
         assert_eq!(backoff.wait(t0), Some(5 * S), "Retry-After wins");
         assert_eq!(backoff.wait(t0 + 5 * S), None);
+        backoff.failed(t0, Some(120 * S));
+        assert_eq!(backoff.wait(t0), Some(10 * S), "within the cap");
         backoff.succeeded();
         assert_eq!(backoff.wait(t0), None);
     }

@@ -62,14 +62,26 @@ impl FileStore {
 fn write_private(path: &Path, contents: &str) -> io::Result<()> {
     use std::io::Write as _;
     let tmp = path.with_extension("tmp");
+    // A file left there (or a link planted there) is removed, never written through:
+    // the new one is created here, mode 0600 from the start.
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
     let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
+    options.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     let mut file = options.open(&tmp)?;
     file.write_all(contents.as_bytes())?;
     file.sync_all()?;
-    std::fs::rename(&tmp, path)
+    std::fs::rename(&tmp, path)?;
+    // The rename itself survives a power cut only once the directory is synced.
+    #[cfg(unix)]
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 impl TokenStore for FileStore {

@@ -273,3 +273,36 @@ async fn the_successor_is_saved_before_it_is_used_and_nothing_is_lost_when_savin
             .unwrap();
     assert_eq!(revoked, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_that_gives_up_mid_refresh_loses_nothing() {
+    // No grace window: presenting the spent token again would be a reuse.
+    let origin =
+        Origin::start_with(&[("ACCESS_TOKEN_TTL_SECS", "2"), ("REFRESH_GRACE_SECS", "0")]).await;
+    let (_, auth) = logged_in(&origin, MemoryStore).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+
+    // The refresh is sent while the origin is stopped; the caller stops waiting; the
+    // origin then rotates and answers.
+    let pid = origin.pid().unwrap() as i32;
+    // SAFETY: kill(2) on the origin we started, with valid signal numbers.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let gave_up = tokio::time::timeout(Duration::from_millis(300), auth.access_token()).await;
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    assert!(gave_up.is_err(), "the caller gave up: {gave_up:?}");
+
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while rotations(&origin).await == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the refresh never reached the origin"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The answer was taken although nobody waited for it: the next call uses the
+    // successor, with no second refresh and no reuse.
+    let response = api(&auth).get(origin.url("/api/me")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(auth.refreshes(), 1);
+    assert_eq!(rotations(&origin).await, 1);
+}
