@@ -352,3 +352,38 @@ async fn a_bad_allowed_origins_setting_stops_the_origin_naming_it() {
         assert!(stderr.contains("ALLOWED_ORIGINS"), "{bad}: {stderr}");
     }
 }
+
+/// A sibling subdomain can plant a second cookie of the same name (`Domain=`, same
+/// path): the request then carries two. Expected: 400, and nothing cleared (clearing
+/// would delete the real, host-only cookie and leave the planted one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_refresh_cookies_are_a_bad_request_and_neither_is_cleared() {
+    let origin = Origin::start().await;
+    let user = origin.new_user().await;
+    let reply = login(&origin, &user, &[DELIVERY]).await;
+    let token = cookie_value(&reply, PROD_NAME).unwrap();
+    let both = format!("{PROD_NAME}={token}; {PROD_NAME}=planted-by-a-sibling");
+    let refused = post(
+        &origin,
+        "/auth/refresh",
+        &[DELIVERY, ("cookie", &both)],
+        None,
+    )
+    .await;
+    assert_eq!(
+        refused.status,
+        StatusCode::BAD_REQUEST,
+        "{}",
+        refused.text()
+    );
+    assert!(refused.headers.get("set-cookie").is_none());
+    let alone = format!("{PROD_NAME}={token}");
+    let ok = post(
+        &origin,
+        "/auth/refresh",
+        &[DELIVERY, ("cookie", &alone)],
+        None,
+    )
+    .await;
+    assert_eq!(ok.status, StatusCode::OK, "the real cookie still works");
+}

@@ -89,16 +89,25 @@ pub fn read<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
     read_cookie(headers, name).filter(|v| !v.is_empty())
 }
 
+/// How many cookies named `name` the request carries. More than one means someone
+/// planted another (a sibling subdomain can set one with `Domain=` and the same
+/// path, which the `__Secure-` prefix does not stop): refresh refuses such a request
+/// (400) without clearing, since a clear would remove the real, host-only cookie and
+/// leave the planted one.
+pub fn count(headers: &HeaderMap, name: &str) -> usize {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter(|pair| pair.trim().split_once('=').is_some_and(|(n, _)| n == name))
+        .count()
+}
+
 /// Whether a request that ends the session should also clear the cookie: it is in
 /// browser mode, or it carries the cookie (once or more).
 pub fn should_clear(headers: &HeaderMap, name: &str) -> bool {
-    headers.contains_key(DELIVERY_HEADER)
-        || headers
-            .get_all(header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .any(|pair| pair.trim().split_once('=').is_some_and(|(n, _)| n == name))
+    headers.contains_key(DELIVERY_HEADER) || count(headers, name) > 0
 }
 
 /// The `Origin` rule for a browser-mode request (DESIGN §7). `via_edge`: the request
@@ -199,6 +208,9 @@ mod tests {
         let twice = headers(&[("cookie", "refresh_token=a"), ("cookie", "refresh_token=b")]);
         assert_eq!(read(&twice, "refresh_token"), None);
         assert!(should_clear(&twice, "refresh_token"));
+        assert_eq!(count(&twice, "refresh_token"), 2);
+        assert_eq!(count(&both, "refresh_token"), 1);
+        assert_eq!(count(&both, "token"), 0);
         assert!(should_clear(&headers(&[(DELIVERY_HEADER, "cookie")]), "x"));
         assert!(!should_clear(
             &headers(&[("cookie", "device=d")]),

@@ -49,7 +49,7 @@ pub async fn refresh(
     let name = cookie::name(state.config.dev_cookie_names);
     let presented = match delivery {
         Delivery::Json => {
-            if cookie::read(&headers, name).is_some() {
+            if cookie::count(&headers, name) > 0 {
                 return Err(ApiError::Forbidden(
                     "the refresh cookie is read only with X-Token-Delivery: cookie",
                 ));
@@ -59,6 +59,9 @@ pub async fn refresh(
         }
         Delivery::Cookie => {
             cookie::check_origin(&headers, &state.config.allowed_origins, client.via_edge)?;
+            if cookie::count(&headers, name) > 1 {
+                return Err(ApiError::BadRequest("more than one refresh cookie"));
+            }
             // No cookie: nothing to refresh, the same answer as a bad one.
             cookie::read(&headers, name).unwrap_or_default().to_string()
         }
