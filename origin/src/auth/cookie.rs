@@ -18,7 +18,7 @@
 //! another port is still the same site).
 
 use axum::http::{HeaderMap, HeaderValue, header};
-use shared::origins::AllowedOrigins;
+use shared::origins::{AllowedOrigins, is_loopback_host};
 
 use crate::device::read_cookie;
 use crate::error::{ApiError, ApiResult};
@@ -113,8 +113,8 @@ pub fn should_clear(headers: &HeaderMap, name: &str) -> bool {
 /// The `Origin` rule for a browser-mode request (DESIGN §7). `via_edge`: the request
 /// came with the edge's valid proof, and the edge, which owns CORS and knows its own
 /// public origin, already applied the rule. Reached directly, the server's own origin
-/// is the `Origin` whose host and port are the request's `Host` (behind a TLS
-/// terminator the origin cannot know the scheme; host and port it can).
+/// is `https://` and the request's `Host` (behind a TLS terminator the origin cannot
+/// see the scheme), or `http://` and a loopback `Host` in development.
 pub fn check_origin(
     headers: &HeaderMap,
     allowed: &AllowedOrigins,
@@ -134,10 +134,15 @@ pub fn check_origin(
     let origin = origin
         .to_str()
         .map_err(|_| ApiError::Forbidden("origin not allowed"))?;
+    // The scheme is not in the request: `https`, or `http` only on a loopback host
+    // (development), so a plain-http page of the same host is never "own".
     let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
-    let own = match (origin.split_once("://"), host) {
-        (Some((scheme, _)), Some(host)) => format!("{scheme}://{host}"),
-        _ => String::new(),
+    let own = match host {
+        Some(host) if origin == format!("http://{host}") && is_loopback_host(host) => {
+            origin.to_string()
+        }
+        Some(host) => format!("https://{host}"),
+        None => String::new(),
     };
     if allowed.admits(Some(origin), &own) {
         Ok(())
@@ -234,6 +239,15 @@ mod tests {
             "another port is another origin"
         );
         assert!(!check(&[host, ("origin", "null")], false));
+        assert!(
+            !check(&[host, ("origin", "http://auth.example")], false),
+            "a plain-http page of the same host is not this server"
+        );
+        let local = ("host", "127.0.0.1:8080");
+        assert!(
+            check(&[local, ("origin", "http://127.0.0.1:8080")], false),
+            "development"
+        );
         assert!(
             !check(&[("origin", "https://auth.example")], false),
             "no Host"
