@@ -74,11 +74,22 @@ async fn the_edge_forwards_only_what_it_knows_with_the_real_method_and_polices_t
         "/healthz",
         "/internal/validate",
         "/apiary",
-        "/",
+        "/demo.jsx",
     ] {
         let (status, body, _) = stack.get(&stack.edge, path, Some(&token), &[]).await;
         assert_eq!(status, 404, "{path}: {body}");
         assert_eq!(body["error"], "not_found", "{path}");
+    }
+    // Its own static assets (the demo page, the browser package) it serves itself.
+    for (path, marker) in [("/", "edge-auth demo"), ("/edge-auth.js", "class EdgeAuth")] {
+        let page = stack
+            .http
+            .get(format!("{}{path}", stack.edge))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(page.status(), 200, "{path}");
+        assert!(page.text().await.unwrap().contains(marker), "{path}");
     }
     assert!(
         stack.recorder.seen().is_empty(),
