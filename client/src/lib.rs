@@ -61,6 +61,9 @@ pub enum Error {
     /// The auth server refused for another reason (a 403, a 404: misconfiguration),
     /// or login was throttled (429).
     Refused(u16),
+    /// The request goes to an origin the access token is not for (see
+    /// [`Auth::allow_origin`]); nothing was sent.
+    ForeignOrigin(String),
 }
 
 impl std::fmt::Display for Error {
@@ -74,6 +77,12 @@ impl std::fmt::Display for Error {
             },
             Error::Storage(e) => write!(f, "could not save the refresh token: {e}"),
             Error::Refused(status) => write!(f, "the auth server refused the request ({status})"),
+            Error::ForeignOrigin(origin) => {
+                write!(
+                    f,
+                    "the access token is not sent to {origin} (Auth::allow_origin)"
+                )
+            }
         }
     }
 }
@@ -110,6 +119,10 @@ struct State {
 struct Inner {
     http: reqwest::Client,
     base: String,
+    /// Origins the middleware sends the access token to: the auth server's, and any
+    /// allowed since. A bearer token works for whoever holds it, so it never goes to
+    /// a host that merely shares the HTTP client.
+    origins: Mutex<Vec<String>>,
     store: Box<dyn TokenStore>,
     state: Mutex<State>,
     /// Held while refreshing (and logging in or out): one refresh in flight.
@@ -151,6 +164,7 @@ impl Auth {
             inner: Arc::new(Inner {
                 http,
                 base: base.trim_end_matches('/').to_owned(),
+                origins: Mutex::new(origin_of(base).into_iter().collect()),
                 store: Box::new(store),
                 state: Mutex::default(),
                 refreshing: Arc::default(),
@@ -222,6 +236,27 @@ impl Auth {
             }),
             other => Err(Error::Refused(other)),
         }
+    }
+
+    /// Lets the middleware send the access token to `origin` too (`https://api.example.com`):
+    /// an API served apart from the auth server.
+    pub fn allow_origin(&self, origin: &str) {
+        if let Some(origin) = origin_of(origin) {
+            self.inner
+                .origins
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(origin);
+        }
+    }
+
+    fn sends_to(&self, url: &reqwest::Url) -> bool {
+        let origin = url.origin().ascii_serialization();
+        self.inner
+            .origins
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&origin)
     }
 
     /// How many refreshes this client has made (for logs and tests).
@@ -427,6 +462,14 @@ fn retry_after(response: &Response) -> Option<Duration> {
         .map(Duration::from_secs)
 }
 
+/// `scheme://host[:port]` of a URL, as `url` writes an origin.
+fn origin_of(url: &str) -> Option<String> {
+    reqwest::Url::parse(url)
+        .ok()
+        .map(|u| u.origin().ascii_serialization())
+        .filter(|o| o != "null")
+}
+
 fn with_bearer(request: &mut Request, token: &str) -> Result<(), Error> {
     let value = HeaderValue::from_str(&format!("Bearer {token}"))
         .map_err(|_| Error::Unavailable { retry_after: None })?;
@@ -442,6 +485,12 @@ impl Middleware for Auth {
         extensions: &mut Extensions,
         next: Next<'_>,
     ) -> reqwest_middleware::Result<Response> {
+        if !self.sends_to(request.url()) {
+            let origin = request.url().origin().ascii_serialization();
+            return Err(reqwest_middleware::Error::middleware(Error::ForeignOrigin(
+                origin,
+            )));
+        }
         let token = self
             .access_token()
             .await

@@ -19,6 +19,8 @@ function showSession(on) {
 async function me() {
   try {
     const r = await auth.fetch("/api/me");
+    // An answer that arrives after a logout does not show the user again.
+    if (!auth.loggedIn) return 401;
     if (r.ok) {
       const body = await r.json();
       $("me").textContent = `Logged in as ${body.username ?? body.user_id}`;

@@ -306,3 +306,20 @@ async fn a_caller_that_gives_up_mid_refresh_loses_nothing() {
     assert_eq!(auth.refreshes(), 1);
     assert_eq!(rotations(&origin).await, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_access_token_goes_only_to_the_origins_it_is_for() {
+    let origin = Origin::start().await;
+    let (_, auth) = logged_in(&origin, MemoryStore).await;
+    let api = api(&auth);
+    // Another origin sharing the HTTP client (the same server under another name):
+    // nothing is sent until it is allowed.
+    let other = origin.url("/api/me").replace("127.0.0.1", "localhost");
+    let error = api.get(&other).send().await.unwrap_err();
+    assert!(
+        matches!(Error::of(&error), Some(Error::ForeignOrigin(o)) if o.starts_with("http://localhost:")),
+        "{error:?}"
+    );
+    auth.allow_origin(&other);
+    assert_eq!(api.get(&other).send().await.unwrap().status(), 200);
+}

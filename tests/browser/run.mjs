@@ -121,6 +121,7 @@ try {
 
   // 5. "Log out everywhere" in one tab: the other tabs show logged out by their next call.
   await tabs[0].click("#everywhere");
+  await tabs[0].waitForFunction(() => document.querySelector("#status").textContent.startsWith("Logged out"), null, { timeout: 5000 });
   for (const tab of tabs) {
     await tab.evaluate(() => window.demo.me());
     await tab.waitForFunction(() => document.querySelector("#status").textContent.startsWith("Logged out"), null, { timeout: 5000 });
