@@ -66,16 +66,21 @@ pub fn verify(keys: &[[u8; 32]], account_id: &str, token: &str) -> Option<String
         .then(|| id.to_string())
 }
 
-/// The value of cookie `name` in the request, if sent once.
-pub fn read_cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
-    let mut found = headers
+/// The values of every cookie named `name` in the request, in order.
+pub fn cookie_values<'h>(headers: &'h HeaderMap, name: &str) -> impl Iterator<Item = &'h str> {
+    headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .filter(|(n, _)| *n == name)
-        .map(|(_, v)| v);
+        .filter(move |(n, _)| *n == name)
+        .map(|(_, v)| v)
+}
+
+/// The value of cookie `name` in the request, if sent once.
+pub fn read_cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    let mut found = cookie_values(headers, name);
     let value = found.next()?;
     // Two cookies of one name (one set for a parent path, say): trust neither.
     found.next().is_none().then_some(value)

@@ -18,9 +18,11 @@
 //! another port is still the same site).
 
 use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
 use shared::origins::{AllowedOrigins, is_loopback_host};
 
-use crate::device::read_cookie;
+use super::TokenResponse;
+use crate::device::{cookie_values, read_cookie};
 use crate::error::{ApiError, ApiResult};
 
 /// The request header choosing browser mode.
@@ -84,6 +86,31 @@ pub fn clear(name: &str) -> HeaderValue {
     .expect("cookie names are valid header text")
 }
 
+/// The token response as `delivery` wants it: in browser mode the refresh token moves
+/// from the body to the cookie `name`, living as long as the token does.
+pub fn deliver(mut tokens: TokenResponse, delivery: Delivery, name: &str) -> Response {
+    let in_cookie = match delivery {
+        Delivery::Json => None,
+        Delivery::Cookie => tokens.refresh_token.take(),
+    };
+    let max_age = tokens.refresh_token_expires_in;
+    let mut response = tokens.into_response();
+    if let Some(token) = in_cookie {
+        response
+            .headers_mut()
+            .append(header::SET_COOKIE, set(name, &token, max_age));
+    }
+    response
+}
+
+/// `response` with the cookie `name` cleared.
+pub fn cleared(mut response: Response, name: &str) -> Response {
+    response
+        .headers_mut()
+        .append(header::SET_COOKIE, clear(name));
+    response
+}
+
 /// The refresh token a request's cookie holds, if sent once.
 pub fn read<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
     read_cookie(headers, name).filter(|v| !v.is_empty())
@@ -95,13 +122,7 @@ pub fn read<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
 /// (400) without clearing, since a clear would remove the real, host-only cookie and
 /// leave the planted one.
 pub fn count(headers: &HeaderMap, name: &str) -> usize {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter(|pair| pair.trim().split_once('=').is_some_and(|(n, _)| n == name))
-        .count()
+    cookie_values(headers, name).count()
 }
 
 /// Whether a request that ends the session should also clear the cookie: it is in

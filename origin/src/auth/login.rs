@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use uuid::Uuid;
 
 use super::cookie::{self, Delivery};
@@ -43,29 +43,12 @@ pub async fn login(
     };
     METRICS.logins.get_or_create(&Outcome { outcome }).inc();
     let (tokens, device_cookie) = result?;
-    let mut response = deliver(&state, tokens, delivery);
+    let name = cookie::name(state.config.dev_cookie_names);
+    let mut response = cookie::deliver(tokens, delivery, name);
     response
         .headers_mut()
         .append(header::SET_COOKIE, device_cookie);
     Ok(response)
-}
-
-/// The token response as `delivery` wants it: in browser mode the refresh token moves
-/// from the body to its cookie, living as long as the token does.
-pub fn deliver(state: &AppState, mut tokens: TokenResponse, delivery: Delivery) -> Response {
-    let in_cookie = match delivery {
-        Delivery::Json => None,
-        Delivery::Cookie => tokens.refresh_token.take(),
-    };
-    let max_age = tokens.refresh_token_expires_in;
-    let mut response = tokens.into_response();
-    if let Some(token) = in_cookie {
-        let name = cookie::name(state.config.dev_cookie_names);
-        response
-            .headers_mut()
-            .append(header::SET_COOKIE, cookie::set(name, &token, max_age));
-    }
-    response
 }
 
 /// Checks the credentials under the throttle; on success, the tokens and the

@@ -2,7 +2,7 @@
 //! tombstoned in the store, so the edge refuses the tokens from the next request on.
 
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use uuid::Uuid;
 
@@ -25,14 +25,13 @@ pub async fn logout(
 /// 204 for a request that ended the caller's own session, clearing the refresh
 /// cookie of a browser-mode client (`crate::auth::cookie::should_clear`).
 pub fn ended(state: &AppState, headers: &HeaderMap) -> Response {
-    let mut response = StatusCode::NO_CONTENT.into_response();
+    let response = StatusCode::NO_CONTENT.into_response();
     let name = cookie::name(state.config.dev_cookie_names);
     if cookie::should_clear(headers, name) {
+        cookie::cleared(response, name)
+    } else {
         response
-            .headers_mut()
-            .append(header::SET_COOKIE, cookie::clear(name));
     }
-    response
 }
 
 /// Revokes one session of `user_id` and tombstones it in the store; false if there

@@ -14,7 +14,7 @@
 use std::time::Instant;
 
 use axum::extract::{FromRequest, Request, State};
-use axum::http::{HeaderMap, header};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
@@ -78,14 +78,11 @@ pub async fn refresh(
     };
     METRICS.refreshes.get_or_create(&Outcome { outcome }).inc();
     match (result, delivery) {
-        (Ok(tokens), delivery) => Ok(super::login::deliver(&state, tokens, delivery)),
-        (Err(ApiError::InvalidGrant), Delivery::Cookie) => {
-            let mut response = ApiError::InvalidGrant.into_response();
-            response
-                .headers_mut()
-                .append(header::SET_COOKIE, cookie::clear(name));
-            Ok(response)
-        }
+        (Ok(tokens), delivery) => Ok(cookie::deliver(tokens, delivery, name)),
+        (Err(ApiError::InvalidGrant), Delivery::Cookie) => Ok(cookie::cleared(
+            ApiError::InvalidGrant.into_response(),
+            name,
+        )),
         (Err(error), _) => Err(error),
     }
 }
