@@ -212,11 +212,7 @@ impl Auth {
                 .send()
                 .await
                 .map_err(|_| Error::Unavailable { retry_after: None })?;
-            let challenge = response
-                .headers()
-                .get(WWW_AUTHENTICATE)
-                .and_then(|v| v.to_str().ok());
-            if retried || !policy::is_invalid_token(response.status().as_u16(), challenge) {
+            if retried || !refused_token(&response) {
                 break response;
             }
             retried = true;
@@ -444,22 +440,25 @@ impl Auth {
 
 async fn read_outcome(response: Response) -> Outcome {
     let status = response.status().as_u16();
-    let wait = response
-        .headers()
-        .get(RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+    let wait = header(&response, RETRY_AFTER).map(str::to_owned);
     let body = response.bytes().await.unwrap_or_default();
     policy::classify(status, wait.as_deref(), &body)
 }
 
+fn header(response: &Response, name: reqwest::header::HeaderName) -> Option<&str> {
+    response.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
 fn retry_after(response: &Response) -> Option<Duration> {
-    response
-        .headers()
-        .get(RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse().ok())
-        .map(Duration::from_secs)
+    policy::parse_retry_after(header(response, RETRY_AFTER))
+}
+
+/// Whether `response` refused the access token sent (`401 invalid_token`).
+fn refused_token(response: &Response) -> bool {
+    policy::is_invalid_token(
+        response.status().as_u16(),
+        header(response, WWW_AUTHENTICATE),
+    )
 }
 
 /// `scheme://host[:port]` of a URL, as `url` writes an origin.
@@ -499,13 +498,7 @@ impl Middleware for Auth {
         let retry = request.try_clone();
         with_bearer(&mut request, &token).map_err(reqwest_middleware::Error::middleware)?;
         let response = next.clone().run(request, extensions).await?;
-        let challenge = response
-            .headers()
-            .get(WWW_AUTHENTICATE)
-            .and_then(|v| v.to_str().ok());
-        let Some(mut retry) =
-            retry.filter(|_| policy::is_invalid_token(response.status().as_u16(), challenge))
-        else {
+        let Some(mut retry) = retry.filter(|_| refused_token(&response)) else {
             return Ok(response);
         };
         // Refused although it looked valid (a key rotated, the session revoked, our

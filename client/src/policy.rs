@@ -75,11 +75,7 @@ pub fn classify(status: u16, retry_after: Option<&str>, body: &[u8]) -> Outcome 
     struct ErrorBody {
         error: String,
     }
-    let wait = || {
-        retry_after
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(|s| Duration::from_secs(s.min(300)))
-    };
+    let wait = || parse_retry_after(retry_after);
     match status {
         200 => match serde_json::from_slice::<TokenResponse>(body) {
             Ok(tokens) if tokens.refresh_token.is_some() => Outcome::Tokens(tokens),
@@ -98,6 +94,13 @@ pub fn classify(status: u16, retry_after: Option<&str>, body: &[u8]) -> Outcome 
         },
         other => Outcome::Refused(other),
     }
+}
+
+/// A `Retry-After` header's wait (delay-seconds, RFC 9110 §10.2.3), at most 5 min.
+pub fn parse_retry_after(value: Option<&str>) -> Option<Duration> {
+    value
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(|s| Duration::from_secs(s.min(300)))
 }
 
 /// Whether an API answer says the access token was refused (RFC 6750 §3.1): then the
