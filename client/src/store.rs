@@ -135,4 +135,20 @@ mod tests {
         assert_eq!(store.load().unwrap(), None);
         std::fs::remove_dir_all(dir).unwrap();
     }
+
+    /// A link planted where the temporary file goes is replaced, never written through.
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn a_planted_temporary_file_is_not_written_through() {
+        let dir = std::env::temp_dir().join(format!("edge-auth-client-tmp-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let elsewhere = dir.join("elsewhere");
+        std::fs::write(&elsewhere, "untouched").unwrap();
+        std::os::unix::fs::symlink(&elsewhere, dir.join("session.tmp")).unwrap();
+        let store = FileStore::new(dir.join("session"));
+        store.save("token".into()).await.unwrap();
+        assert_eq!(std::fs::read_to_string(&elsewhere).unwrap(), "untouched");
+        assert_eq!(store.load().unwrap().as_deref(), Some("token"));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 }
