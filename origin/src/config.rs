@@ -18,9 +18,17 @@ pub struct Config {
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: SecretString,
 
-    /// Redis connection URL (session records, login throttling).
+    /// Redis connection URL (session records, login throttling). Several URLs
+    /// separated by commas are the nodes of a Redis Cluster
+    /// (`redis://10.0.0.1:6379,redis://10.0.0.2:6379`). Every node must have
+    /// `maxmemory-policy noeviction`, or the origin refuses to start.
     #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     pub redis_url: SecretString,
+
+    /// Treat a single `REDIS_URL` as the seed of a Redis Cluster (a cluster behind
+    /// one name, such as a managed cluster's configuration endpoint).
+    #[arg(long, env = "REDIS_CLUSTER", default_value_t = false, value_parser = clap::builder::BoolishValueParser::new())]
+    pub redis_cluster: bool,
 
     /// Prefix of every Redis key: namespaces deployments and tests.
     #[arg(long, env = "REDIS_PREFIX", default_value = "auth:")]

@@ -30,7 +30,9 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 
 use chrono::{DateTime, Utc};
-use shared::session::{PARTITIONS, Stored, session_key, user_not_before_key};
+use shared::session::{
+    PARTITIONS, Stored, partition_freshness_key, session_key, user_not_before_key,
+};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -272,10 +274,11 @@ async fn scan(
     Ok(out)
 }
 
-/// Compares Postgres and the Redis keys under `prefix`.
+/// Compares Postgres and the Redis keys under `prefix`, read from `nodes`: the one
+/// server, or every primary of a cluster (`SCAN` walks one server's keys).
 pub async fn check(
     db: &PgPool,
-    redis: &mut redis::aio::MultiplexedConnection,
+    nodes: &mut [redis::aio::MultiplexedConnection],
     prefix: &str,
     limits: Limits,
 ) -> Result<Report, String> {
@@ -293,28 +296,39 @@ pub async fn check(
         .fetch_one(db)
         .await
         .map_err(|e| format!("reading Postgres's clock: {e}"))?;
-    let records = scan(redis, &format!("{}sess:*", glob_escape(prefix)))
-        .await
-        .map_err(|e| format!("reading session records from Redis: {e}"))?;
-    let not_befores = scan(redis, &format!("{}nbf:*", glob_escape(prefix)))
-        .await
-        .map_err(|e| format!("reading not-befores from Redis: {e}"))?;
-    let (info, mget) = crate::store::marker_reads(prefix);
-    let info: String = info
-        .query_async(redis)
-        .await
-        .map_err(|e| format!("reading Redis's run id: {e}"))?;
-    let run_id = crate::store::run_id(&info);
-    let markers: Vec<Option<String>> = mget
-        .query_async(redis)
-        .await
-        .map_err(|e| format!("reading the freshness markers from Redis: {e}"))?;
-    let stale = markers
-        .iter()
-        .filter(|marker| run_id.is_empty() || marker.as_deref() != Some(run_id.as_str()))
-        .count()
-        + PARTITIONS as usize
-        - markers.len();
+    let mut records = Vec::new();
+    let mut not_befores = Vec::new();
+    // Partitions whose marker vouches for the server that holds it.
+    let mut fresh = HashSet::new();
+    for redis in nodes.iter_mut() {
+        records.extend(
+            scan(redis, &format!("{}sess:*", glob_escape(prefix)))
+                .await
+                .map_err(|e| format!("reading session records from Redis: {e}"))?,
+        );
+        not_befores.extend(
+            scan(redis, &format!("{}nbf:*", glob_escape(prefix)))
+                .await
+                .map_err(|e| format!("reading not-befores from Redis: {e}"))?,
+        );
+        let info: String = redis::cmd("INFO")
+            .arg("server")
+            .query_async(redis)
+            .await
+            .map_err(|e| format!("reading Redis's run id: {e}"))?;
+        let run_id = crate::store::run_id(&info);
+        let markers = scan(redis, &format!("{}fresh:{{p*", glob_escape(prefix)))
+            .await
+            .map_err(|e| format!("reading the freshness markers from Redis: {e}"))?;
+        for (key, value, _) in markers {
+            if !run_id.is_empty() && value.as_deref() == Some(run_id.as_bytes()) {
+                fresh.insert(key);
+            }
+        }
+    }
+    let stale = (0..PARTITIONS)
+        .filter(|p| !fresh.contains(&partition_freshness_key(prefix, *p)))
+        .count();
     let pending = crate::db::outbox::pending(db, SLACK_SECS as u64)
         .await
         .map_err(|e| format!("reading the outbox from Postgres: {e}"))?;
@@ -523,12 +537,16 @@ pub async fn run(config: &crate::config::Config) -> i32 {
             return 2;
         }
     };
-    let redis = match redis::Client::open(config.redis_url.expose_secret()) {
-        Ok(client) => client.get_multiplexed_async_connection().await,
-        Err(e) => Err(e),
-    };
-    let mut redis = match redis {
-        Ok(conn) => conn,
+    let target =
+        match crate::store::Target::parse(config.redis_url.expose_secret(), config.redis_cluster) {
+            Ok(target) => target,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return 2;
+            }
+        };
+    let mut redis = match nodes(&target).await {
+        Ok(nodes) => nodes,
         Err(e) => {
             eprintln!("error: connecting to Redis (REDIS_URL): {e}");
             return 2;
@@ -544,4 +562,78 @@ pub async fn run(config: &crate::config::Config) -> i32 {
             2
         }
     }
+}
+
+/// Connections to the servers holding the data: the one server, or each primary a
+/// cluster's `CLUSTER SLOTS` names (asked of the first seed that answers).
+async fn nodes(
+    target: &crate::store::Target,
+) -> redis::RedisResult<Vec<redis::aio::MultiplexedConnection>> {
+    use redis::IntoConnectionInfo;
+    let seeds = match target {
+        crate::store::Target::Single(url) => {
+            let client = redis::Client::open(url.as_str())?;
+            return Ok(vec![client.get_multiplexed_async_connection().await?]);
+        }
+        crate::store::Target::Cluster(urls) => urls,
+    };
+    let mut last = None;
+    for seed in seeds {
+        let info = seed.as_str().into_connection_info()?;
+        let slots: redis::RedisResult<Vec<Vec<redis::Value>>> = async {
+            let mut conn = redis::Client::open(info.clone())?
+                .get_multiplexed_async_connection()
+                .await?;
+            redis::cmd("CLUSTER")
+                .arg("SLOTS")
+                .query_async(&mut conn)
+                .await
+        }
+        .await;
+        let slots = match slots {
+            Ok(slots) => slots,
+            Err(e) => {
+                last = Some(e);
+                continue;
+            }
+        };
+        let mut primaries: Vec<(String, u16)> = slots
+            .iter()
+            .filter_map(|range| {
+                let (host, port): (String, u16) = redis::from_redis_value(range.get(2)?)
+                    .ok()
+                    .and_then(|node: Vec<redis::Value>| {
+                        Some((
+                            redis::from_redis_value(node.first()?).ok()?,
+                            redis::from_redis_value(node.get(1)?).ok()?,
+                        ))
+                    })?;
+                Some((host, port))
+            })
+            .collect();
+        primaries.sort();
+        primaries.dedup();
+        let mut out = Vec::new();
+        for (host, port) in primaries {
+            let mut node = info.clone();
+            // An empty host in CLUSTER SLOTS means "the address you reached me at".
+            let host = if host.is_empty() {
+                match &info.addr {
+                    redis::ConnectionAddr::Tcp(seed_host, _) => seed_host.clone(),
+                    _ => host,
+                }
+            } else {
+                host
+            };
+            node.addr = redis::ConnectionAddr::Tcp(host, port);
+            out.push(
+                redis::Client::open(node)?
+                    .get_multiplexed_async_connection()
+                    .await?,
+            );
+        }
+        return Ok(out);
+    }
+    Err(last
+        .unwrap_or_else(|| (redis::ErrorKind::InvalidClientConfig, "no Redis node given").into()))
 }

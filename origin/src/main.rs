@@ -109,11 +109,22 @@ async fn run(config: Config) -> Result<(), String> {
         (Some(_), None) => return Err("EDGE_KV_SYNC_URL needs EDGE_SECRET".into()),
         (None, _) => None,
     };
-    let store = Store::new(
-        config.redis_url.expose_secret(),
-        config.redis_prefix.clone(),
-        kv,
-    )?;
+    let target =
+        origin::store::Target::parse(config.redis_url.expose_secret(), config.redis_cluster)?;
+    let store = Store::new(&target, config.redis_prefix.clone(), kv)?;
+    // Checked now when Redis answers; otherwise as soon as it does (see below).
+    let policy_checked = match store.eviction_policies().await {
+        Ok(policies) => {
+            origin::store::require_noeviction(&policies)?;
+            true
+        }
+        Err(_) => {
+            tracing::warn!(
+                "redis unreachable at start: its maxmemory-policy is checked when it answers"
+            );
+            false
+        }
+    };
     let concurrency = config
         .hash_concurrency
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
@@ -150,6 +161,22 @@ async fn run(config: Config) -> Result<(), String> {
     };
 
     tokio::spawn(origin::tasks::run(state.clone()));
+    // A Redis that evicts, found after start: stop as the start would have.
+    let (refused, mut refusal) = tokio::sync::oneshot::channel::<String>();
+    if !policy_checked {
+        let store = state.store.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                if let Ok(policies) = store.eviction_policies().await {
+                    if let Err(e) = origin::store::require_noeviction(&policies) {
+                        let _ = refused.send(e);
+                    }
+                    return;
+                }
+            }
+        });
+    }
     tracing::info!(addr = %state.config.listen_addr, ops_addr = %state.config.ops_listen_addr, issuer = %state.config.issuer, "origin listening");
     // The operations listener stops with the process; the public one drains first.
     let ops = origin::ops_app(state.clone());
@@ -159,10 +186,28 @@ async fn run(config: Config) -> Result<(), String> {
         }
     });
     let app = origin::app(state).into_make_service_with_connect_info::<SocketAddr>();
+    let refusal_seen = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let seen = refusal_seen.clone();
+    let stop = async move {
+        tokio::select! {
+            _ = shutdown_signal() => {}
+            Ok(e) = &mut refusal => {
+                tracing::error!(error = %e, "stopping");
+                *seen.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
+            }
+        }
+    };
     axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(stop)
         .await
         .map_err(|e| e.to_string())?;
+    if let Some(e) = refusal_seen
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take()
+    {
+        return Err(e);
+    }
     tracing::info!("origin stopped gracefully");
     Ok(())
 }

@@ -28,6 +28,7 @@ pub struct Metrics {
     pub validations: Family<Outcome, Counter>,
     pub reuse_detected: Family<Cause, Counter>,
     pub redis_errors: Counter,
+    pub redis_unreplicated_writes: Counter,
     pub db_errors: Counter,
     pub pool_size: Gauge,
     pub pool_idle: Gauge,
@@ -48,6 +49,7 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         validations: Family::default(),
         reuse_detected: Family::default(),
         redis_errors: Counter::default(),
+        redis_unreplicated_writes: Counter::default(),
         db_errors: Counter::default(),
         pool_size: Gauge::default(),
         pool_idle: Gauge::default(),
@@ -82,6 +84,11 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "redis_errors",
         "Failed Redis operations",
         m.redis_errors.clone(),
+    );
+    registry.register(
+        "redis_unreplicated_writes",
+        "Cluster writes no replica confirmed within the wait (WAIT 1)",
+        m.redis_unreplicated_writes.clone(),
     );
     registry.register(
         "postgres_errors",

@@ -9,16 +9,26 @@
 //!
 //! Every call has a short time budget and reports failure instead of waiting:
 //! callers decide what an unavailable store means (never "session active").
+//!
+//! Redis is one server or a Redis Cluster ([`Target`]). In a cluster every script and
+//! every multi-key read stays inside one hash tag, so inside one slot: a user's keys
+//! share their partition's tag (`shared::session`), a throttle's keys their key's tag.
+//! Replication is asynchronous, so in a cluster each record, tombstone and not-before
+//! is followed by `WAIT` on the same node, and a failover (the promoted replica has
+//! another run id) makes that shard's partitions stale and rebuilt from Postgres: a
+//! write the old primary acknowledged but never passed on is written again.
 
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClientBuilder;
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo};
 use shared::VerifiedClaims;
 use shared::session::{
     PARTITIONS, SessionState, freshness_key, kv_freshness_key, partition_freshness_key,
     session_key, user_not_before_key,
 };
-use tokio::sync::OnceCell;
 
 use crate::metrics::METRICS;
 
@@ -97,8 +107,113 @@ redis.call('SET', KEYS[1], run_id)
 return 1
 "#;
 
+/// Reads a partition's marker (KEYS[1]) with the run id of the server holding it, in
+/// one step on that server: `{run_id, marker or ""}`. Used in a cluster, where every
+/// shard has its own run id.
+const FRESHNESS_READ: &str = r#"
+local run_id = string.match(redis.call('INFO', 'server'), 'run_id:(%w+)') or ''
+return {run_id, redis.call('GET', KEYS[1]) or ''}
+"#;
+
+/// How long a write in a cluster waits for a replica to have it (`WAIT 1 …`). Past
+/// it the write stands unreplicated (a replica down or slow): the failover rebuild
+/// (module docs) still restores it from Postgres if that primary then dies.
+const REPLICA_WAIT_MS: u64 = 50;
+
 #[derive(Debug)]
 pub struct StoreError;
+
+/// Where Redis is: one server, or the seed nodes of a Redis Cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    Single(String),
+    Cluster(Vec<String>),
+}
+
+impl Target {
+    /// `REDIS_URL` holds one URL, or several separated by commas: the nodes of a
+    /// cluster (any of them will do; more survive one being down at start).
+    /// `REDIS_CLUSTER` makes a single URL a cluster seed too.
+    pub fn parse(url: &str, cluster: bool) -> Result<Target, String> {
+        let urls: Vec<String> = url.split(',').map(|u| u.trim().to_string()).collect();
+        if urls.iter().any(String::is_empty) {
+            return Err("REDIS_URL: an empty entry in its comma-separated list".into());
+        }
+        Ok(match (urls.len(), cluster) {
+            (1, false) => Target::Single(urls.into_iter().next().unwrap_or_default()),
+            _ => Target::Cluster(urls),
+        })
+    }
+}
+
+/// What `CONFIG GET maxmemory-policy` answered, per node; an error naming the
+/// setting unless every node says `noeviction`. Redis evicting keys would drop
+/// tombstones (revoked sessions come back) and records (live users logged out).
+pub fn require_noeviction(policies: &[(String, String)]) -> Result<(), String> {
+    if policies.is_empty() {
+        return Err("Redis did not report its maxmemory-policy (CONFIG GET)".into());
+    }
+    let wrong: Vec<String> = policies
+        .iter()
+        .filter(|(_, policy)| policy != "noeviction")
+        .map(|(node, policy)| format!("{node}: {policy}"))
+        .collect();
+    if wrong.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "Redis maxmemory-policy must be noeviction (an evicted tombstone would bring a \
+             revoked session back, an evicted record log a user out); found {}",
+            wrong.join(", ")
+        ))
+    }
+}
+
+/// The client for a [`Target`].
+enum Client {
+    Single(redis::Client),
+    Cluster(redis::cluster::ClusterClient),
+}
+
+/// One shared connection: a reconnecting one to a single server, or the cluster
+/// client's (one multiplexed connection per node, MOVED/ASK followed, topology
+/// refreshed, reconnects).
+#[derive(Clone)]
+enum Connection {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Connection {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Connection::Single(conn) => conn.req_packed_command(cmd),
+            Connection::Cluster(conn) => conn.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Connection::Single(conn) => conn.req_packed_commands(pipeline, offset, count),
+            Connection::Cluster(conn) => conn.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Connection::Single(conn) => conn.get_db(),
+            Connection::Cluster(conn) => conn.get_db(),
+        }
+    }
+}
 
 /// How the freshness markers are read: `INFO server` (for the server's run id), then
 /// every partition's marker in one `MGET`. Not one script: a script touches one hash
@@ -112,6 +227,46 @@ pub(crate) fn marker_reads(prefix: &str) -> (redis::Cmd, redis::Cmd) {
         mget.arg(partition_freshness_key(prefix, partition));
     }
     (info, mget)
+}
+
+/// The policies in a `CONFIG GET maxmemory-policy` answer: one server's (an array,
+/// or a map in RESP3), or a cluster's (a map of node address to its answer).
+fn policies(answer: redis::Value) -> Vec<(String, String)> {
+    use redis::Value;
+    fn text(value: &Value) -> Option<String> {
+        match value {
+            Value::BulkString(bytes) => Some(String::from_utf8_lossy(bytes).into_owned()),
+            Value::SimpleString(text) => Some(text.clone()),
+            _ => None,
+        }
+    }
+    fn policy(value: &Value) -> Option<String> {
+        match value {
+            Value::Array(items) => items.get(1).and_then(text),
+            Value::Map(pairs) => pairs.first().and_then(|(_, v)| text(v)),
+            _ => None,
+        }
+    }
+    match &answer {
+        Value::Map(pairs)
+            if pairs
+                .iter()
+                .all(|(_, v)| matches!(v, Value::Array(_) | Value::Map(_))) =>
+        {
+            pairs
+                .iter()
+                .map(|(node, v)| {
+                    (
+                        text(node).unwrap_or_default(),
+                        policy(v).unwrap_or_default(),
+                    )
+                })
+                .collect()
+        }
+        other => policy(other)
+            .map(|p| vec![("redis".to_string(), p)])
+            .unwrap_or_default(),
+    }
 }
 
 /// The run id in an `INFO server` answer ("" if none).
@@ -156,8 +311,12 @@ pub struct Freshness {
 
 #[derive(Clone)]
 pub struct Store {
-    client: redis::Client,
-    conn: std::sync::Arc<OnceCell<ConnectionManager>>,
+    client: std::sync::Arc<Client>,
+    /// The shared connection once made; dropped when the breaker opens on a cluster
+    /// (see [`Store::failed`]).
+    conn: std::sync::Arc<std::sync::Mutex<Option<Connection>>>,
+    /// One connect at a time.
+    connecting: std::sync::Arc<tokio::sync::Mutex<()>>,
     /// When calls fail at once (see [`BREAK_FOR`]).
     breaker: std::sync::Arc<std::sync::Mutex<Breaker>>,
     prefix: String,
@@ -166,10 +325,9 @@ pub struct Store {
 }
 
 struct Scripts {
-    put_if_newer: redis::Script,
-    max_not_before: redis::Script,
     freshness_begin: redis::Script,
     freshness_end: redis::Script,
+    freshness_read: redis::Script,
 }
 
 /// Mirrors every change into the edge's Workers KV (`POST /__edge/kv`), for edges
@@ -214,21 +372,35 @@ impl KvSync {
 }
 
 impl Store {
-    pub fn new(url: &str, prefix: String, kv: Option<KvSync>) -> Result<Self, String> {
+    pub fn new(target: &Target, prefix: String, kv: Option<KvSync>) -> Result<Self, String> {
         if !shared::session::is_key_prefix(&prefix) {
             return Err("REDIS_PREFIX must be printable ASCII without braces".into());
         }
-        let client = redis::Client::open(url).map_err(|e| format!("REDIS_URL: {e}"))?;
+        let client = match target {
+            Target::Single(url) => Client::Single(
+                redis::Client::open(url.as_str()).map_err(|e| format!("REDIS_URL: {e}"))?,
+            ),
+            // The cluster client's own retries (MOVED/ASK, reconnects) run inside each
+            // call's budget; a shard being failed over fails the call, not the origin.
+            Target::Cluster(urls) => Client::Cluster(
+                ClusterClientBuilder::new(urls.iter().map(String::as_str))
+                    .connection_timeout(TIMEOUT)
+                    .response_timeout(TIMEOUT)
+                    .retries(3)
+                    .build()
+                    .map_err(|e| format!("REDIS_URL (cluster): {e}"))?,
+            ),
+        };
         Ok(Store {
-            client,
+            client: std::sync::Arc::new(client),
             conn: Default::default(),
+            connecting: Default::default(),
             breaker: Default::default(),
             prefix,
             scripts: std::sync::Arc::new(Scripts {
-                put_if_newer: redis::Script::new(PUT_IF_NEWER),
-                max_not_before: redis::Script::new(MAX_NOT_BEFORE),
                 freshness_begin: redis::Script::new(FRESHNESS_BEGIN),
                 freshness_end: redis::Script::new(FRESHNESS_END),
+                freshness_read: redis::Script::new(FRESHNESS_READ),
             }),
             kv,
         })
@@ -238,20 +410,48 @@ impl Store {
         &self.prefix
     }
 
+    pub fn is_cluster(&self) -> bool {
+        matches!(*self.client, Client::Cluster(_))
+    }
+
     /// The shared connection, made on first use (so the origin starts while Redis is
-    /// down) and re-established by the manager after failures.
-    async fn conn(&self) -> Result<ConnectionManager, StoreError> {
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(TIMEOUT)
-            .set_response_timeout(TIMEOUT)
-            .set_number_of_retries(1);
-        let init = self
-            .conn
-            .get_or_try_init(|| ConnectionManager::new_with_config(self.client.clone(), config));
-        match tokio::time::timeout(TIMEOUT, init).await {
-            Ok(Ok(conn)) => Ok(conn.clone()),
+    /// down) and re-established by the manager (or the cluster client) after failures.
+    /// The first connect is bounded here: the cluster client's can hang.
+    async fn conn(&self) -> Result<Connection, StoreError> {
+        if let Some(conn) = self.current() {
+            return Ok(conn);
+        }
+        let connect = async {
+            let _one = self.connecting.lock().await;
+            if let Some(conn) = self.current() {
+                return Ok(conn);
+            }
+            let conn = match &*self.client {
+                Client::Single(client) => {
+                    let config = ConnectionManagerConfig::new()
+                        .set_connection_timeout(TIMEOUT)
+                        .set_response_timeout(TIMEOUT)
+                        .set_number_of_retries(1);
+                    ConnectionManager::new_with_config(client.clone(), config)
+                        .await
+                        .map(Connection::Single)?
+                }
+                Client::Cluster(client) => client
+                    .get_async_connection()
+                    .await
+                    .map(Connection::Cluster)?,
+            };
+            *self.conn.lock().unwrap_or_else(|e| e.into_inner()) = Some(conn.clone());
+            Ok::<_, redis::RedisError>(conn)
+        };
+        match tokio::time::timeout(TIMEOUT, connect).await {
+            Ok(Ok(conn)) => Ok(conn),
             _ => Err(self.failed("connect", true)),
         }
+    }
+
+    fn current(&self) -> Option<Connection> {
+        self.conn.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Counts a failure; `unreachable` (no connection) opens the breaker at once,
@@ -270,6 +470,12 @@ impl Store {
             }
             breaker.open_until = Some(now + BREAK_FOR);
             breaker.timeouts = 0;
+            // The cluster client learns a new topology only from a MOVED answer, and a
+            // dead primary gives none: it would keep calling the dead address after
+            // its replica took over. A new connection reads the slots afresh.
+            if self.is_cluster() {
+                *self.conn.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            }
         } else {
             tracing::debug!(operation = what, "redis call failed or timed out");
         }
@@ -297,7 +503,7 @@ impl Store {
     async fn budgeted<T>(
         &self,
         what: &'static str,
-        op: impl AsyncFnOnce(&mut ConnectionManager) -> redis::RedisResult<T>,
+        op: impl AsyncFnOnce(&mut Connection) -> redis::RedisResult<T>,
     ) -> Result<T, StoreError> {
         if self.broken() {
             METRICS.redis_errors.inc();
@@ -366,14 +572,40 @@ impl Store {
             }
         }
         for p in publications {
-            let mut invocation = self.scripts.put_if_newer.prepare_invoke();
-            invocation
-                .key(session_key(&self.prefix, &p.sub, &p.sid))
+            let mut write = redis::cmd("EVAL");
+            write
+                .arg(PUT_IF_NEWER)
+                .arg(1)
+                .arg(session_key(&self.prefix, &p.sub, &p.sid))
                 .arg(p.ver)
                 .arg(&p.value)
                 .arg(p.expire_at_ms);
-            self.run_script::<i64>("publish session", invocation)
-                .await?;
+            self.write_replicated("publish session", write).await?;
+        }
+        Ok(())
+    }
+
+    /// Runs one write (a script on one key); in a cluster, followed by `WAIT` in the
+    /// same pipeline, so on the same node and connection: the answer comes once a
+    /// replica has the write too, or after [`REPLICA_WAIT_MS`]. `EVAL`, not `EVALSHA`:
+    /// a pipeline cannot load a missing script, and the server caches it by digest.
+    async fn write_replicated(
+        &self,
+        what: &'static str,
+        write: redis::Cmd,
+    ) -> Result<(), StoreError> {
+        let mut pipe = redis::pipe();
+        pipe.add_command(write).ignore();
+        let cluster = self.is_cluster();
+        if cluster {
+            pipe.cmd("WAIT").arg(1).arg(REPLICA_WAIT_MS);
+        }
+        let replicas: Vec<i64> = self
+            .budgeted(what, async |conn| pipe.query_async(conn).await)
+            .await?;
+        if cluster && replicas.first().is_none_or(|n| *n < 1) {
+            METRICS.redis_unreplicated_writes.inc();
+            tracing::debug!(operation = what, "no replica confirmed the write in time");
         }
         Ok(())
     }
@@ -390,14 +622,14 @@ impl Store {
                 return Err(StoreError);
             }
         }
-        let mut invocation = self.scripts.max_not_before.prepare_invoke();
-        invocation
-            .key(key)
+        let mut write = redis::cmd("EVAL");
+        write
+            .arg(MAX_NOT_BEFORE)
+            .arg(1)
+            .arg(key)
             .arg(not_before.at_ms)
             .arg(not_before.expire_at_ms);
-        self.run_script::<i64>("publish not-before", invocation)
-            .await
-            .map(drop)
+        self.write_replicated("publish not-before", write).await
     }
 
     /// What the store says about a verified token's session, in one round trip of
@@ -431,9 +663,14 @@ impl Store {
         })
     }
 
-    /// Reads every partition's marker against the run id of the server holding it,
-    /// in one pipeline.
+    /// Reads every partition's marker against the run id of the server holding it:
+    /// one server's run id and one `MGET`, or in a cluster each partition read on its
+    /// own shard with that shard's run id (a flush, restart or failover of one shard
+    /// makes only its partitions stale).
     pub async fn freshness(&self) -> Result<Vec<Freshness>, StoreError> {
+        if self.is_cluster() {
+            return self.cluster_freshness().await;
+        }
         let (info, mget) = marker_reads(&self.prefix);
         let run_id = run_id(&self.run::<String>("freshness read", &info).await?);
         let markers: Vec<Option<String>> = self.run("freshness read", &mget).await?;
@@ -446,6 +683,49 @@ impl Store {
                 run_id: run_id.clone(),
             })
             .collect())
+    }
+
+    async fn cluster_freshness(&self) -> Result<Vec<Freshness>, StoreError> {
+        let script = &self.scripts.freshness_read;
+        let prefix = &self.prefix;
+        // Concurrent on the cluster connection: each partition is its own slot, and a
+        // cluster pipeline cannot cross slots.
+        let read = async |conn: &mut Connection| {
+            let reads = (0..PARTITIONS).map(|partition| {
+                let mut conn = conn.clone();
+                async move {
+                    let (run_id, marker): (String, String) = script
+                        .key(partition_freshness_key(prefix, partition))
+                        .invoke_async(&mut conn)
+                        .await?;
+                    Ok::<_, redis::RedisError>(Freshness {
+                        partition,
+                        fresh: !run_id.is_empty() && marker == run_id,
+                        run_id,
+                    })
+                }
+            });
+            futures::future::try_join_all(reads).await
+        };
+        self.budgeted("freshness read", read).await
+    }
+
+    /// Every node's `maxmemory-policy` (a cluster's replicas included: one of them
+    /// may become the primary).
+    pub async fn eviction_policies(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let mut cmd = redis::cmd("CONFIG");
+        cmd.arg("GET").arg("maxmemory-policy");
+        let cluster = self.is_cluster();
+        let answer: redis::Value = self
+            .budgeted("config get", async |conn| match conn {
+                Connection::Cluster(conn) if cluster => {
+                    let every = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllNodes, None));
+                    conn.route_command(&cmd, every).await
+                }
+                conn => cmd.query_async(conn).await,
+            })
+            .await?;
+        Ok(policies(answer))
     }
 
     /// Starts rebuilding a partition (see [`FRESHNESS_BEGIN`]): from now on the edge
@@ -491,5 +771,60 @@ impl Store {
                 .store(true, std::sync::atomic::Ordering::Relaxed);
             tracing::info!("kv sync: freshness marker set in the edge's KV");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use redis::Value;
+
+    #[test]
+    fn one_url_is_one_server_a_list_or_the_flag_a_cluster() {
+        let single = Target::parse("redis://10.0.0.1:6379", false).unwrap();
+        assert_eq!(single, Target::Single("redis://10.0.0.1:6379".into()));
+        let seed = Target::parse("redis://10.0.0.1:6379", true).unwrap();
+        assert_eq!(seed, Target::Cluster(vec!["redis://10.0.0.1:6379".into()]));
+        let list = Target::parse("redis://a:1, redis://b:2", false).unwrap();
+        assert_eq!(
+            list,
+            Target::Cluster(vec!["redis://a:1".into(), "redis://b:2".into()])
+        );
+        for bad in [
+            "redis://a:1,",
+            ",redis://a:1",
+            "redis://a:1,,redis://b:2",
+            "",
+        ] {
+            let error = Target::parse(bad, false).unwrap_err();
+            assert!(error.contains("REDIS_URL"), "{bad}: {error}");
+        }
+    }
+
+    fn bulk(text: &str) -> Value {
+        Value::BulkString(text.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn every_node_must_say_noeviction() {
+        let answer = |policy: &str| Value::Array(vec![bulk("maxmemory-policy"), bulk(policy)]);
+        // One server, RESP2 and RESP3.
+        assert_eq!(
+            policies(answer("noeviction")),
+            vec![("redis".to_string(), "noeviction".to_string())]
+        );
+        let resp3 = Value::Map(vec![(bulk("maxmemory-policy"), bulk("noeviction"))]);
+        assert!(require_noeviction(&policies(resp3)).is_ok());
+        // A cluster: one node that evicts is enough to refuse, and it is named.
+        let cluster = Value::Map(vec![
+            (bulk("10.0.0.1:6379"), answer("noeviction")),
+            (bulk("10.0.0.2:6379"), answer("volatile-lru")),
+        ]);
+        let error = require_noeviction(&policies(cluster)).unwrap_err();
+        assert!(error.contains("10.0.0.2:6379: volatile-lru"), "{error}");
+        assert!(!error.contains("10.0.0.1"), "{error}");
+        // Nothing understood is a refusal too, never a pass.
+        assert!(require_noeviction(&policies(Value::Nil)).is_err());
+        assert!(require_noeviction(&policies(Value::Array(vec![]))).is_err());
     }
 }

@@ -389,7 +389,14 @@ mod tests {
 
     /// A store that cannot answer: every reservation runs in memory.
     fn offline() -> Throttle {
-        Throttle::new(Store::new("redis://127.0.0.1:1", "t:".into(), None).unwrap())
+        Throttle::new(
+            Store::new(
+                &crate::store::Target::Single("redis://127.0.0.1:1".into()),
+                "t:".into(),
+                None,
+            )
+            .unwrap(),
+        )
     }
 
     #[tokio::test]

@@ -328,7 +328,12 @@ async fn a_delayed_write_of_an_older_version_never_overwrites_a_newer_one() {
     use origin::store::{Publication, Store};
     use shared::session::{SessionRecord, Stored, session_key};
     let prefix = format!("t{}:", common::random_hex());
-    let store = Store::new(&common::redis_url(), prefix.clone(), None).unwrap();
+    let store = Store::new(
+        &origin::store::Target::Single(common::redis_url()),
+        prefix.clone(),
+        None,
+    )
+    .unwrap();
     let now_ms = shared::unix_now() * 1000;
     let record = |ver: u64| Publication {
         sub: "u1".into(),
@@ -557,4 +562,92 @@ async fn a_redis_restored_from_an_old_snapshot_admits_no_revoked_session_after_t
     ));
     let (code, report) = origin.check_consistency();
     assert_eq!(code, 0, "{report}");
+}
+
+/// A `redis-server` of the test's own, killed on drop.
+struct EvictingRedis(std::process::Child);
+
+impl EvictingRedis {
+    /// A Redis that evicts keys under memory pressure, on `port`.
+    fn start(port: u16) -> EvictingRedis {
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .args(["--maxmemory-policy", "allkeys-lru"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server (install Redis)");
+        EvictingRedis(child)
+    }
+}
+
+impl Drop for EvictingRedis {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Expected (issue 14): Redis evicting keys would drop tombstones (revoked sessions
+/// back) and records (users logged out), so the origin refuses such a Redis, naming
+/// the setting: at start when Redis answers, or as soon as it does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_origin_refuses_a_redis_that_evicts_keys() {
+    let origin_with = |redis_port: u16| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_origin"));
+        command
+            .env_clear()
+            .env("DATABASE_URL", common::database_url())
+            .env("REDIS_URL", format!("redis://127.0.0.1:{redis_port}"))
+            .env("REDIS_PREFIX", format!("t{}:", common::random_hex()))
+            .env("LISTEN_ADDR", format!("127.0.0.1:{}", common::free_port()))
+            .env(
+                "OPS_LISTEN_ADDR",
+                format!("127.0.0.1:{}", common::free_port()),
+            )
+            .env(
+                "SIGNING_KEY_FILE",
+                std::env::temp_dir().join(format!("evict-{}.key", common::random_hex())),
+            )
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        command
+    };
+    let wait_for_exit = |mut child: std::process::Child, what: &str| {
+        let started = Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            if started.elapsed() > Duration::from_secs(20) {
+                let _ = child.kill();
+                panic!("{what}: the origin kept running");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let output = child.wait_with_output().unwrap();
+        assert!(!output.status.success(), "{what}");
+        // The log goes to stdout, the final error to stderr.
+        let text = String::from_utf8_lossy(&output.stdout).to_string()
+            + &String::from_utf8_lossy(&output.stderr);
+        assert!(
+            text.contains("maxmemory-policy must be noeviction") && text.contains("allkeys-lru"),
+            "{what}: {text}"
+        );
+    };
+
+    // Redis up at start.
+    let port = common::free_port();
+    let _redis = EvictingRedis::start(port);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_for_exit(origin_with(port).spawn().unwrap(), "Redis up at start");
+
+    // Redis down at start: the origin serves, then stops once Redis answers.
+    let port = common::free_port();
+    let child = origin_with(port).spawn().unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut child = child;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the origin must start while Redis is down"
+    );
+    let _redis = EvictingRedis::start(port);
+    wait_for_exit(child, "Redis up after start");
 }
