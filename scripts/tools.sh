@@ -76,6 +76,19 @@ ensure_chromium() {
     die "could not install chromium: apt-get install chromium"
 }
 
+# HAProxy, the load balancer in front of several origins (scripts/scale-out):
+# Debian's package. Quiet unless the install finally fails.
+ensure_haproxy() {
+  command -v haproxy >/dev/null 2>&1 && return 0
+  log "installing haproxy (Debian package, the load balancer in front of the origins)"
+  local apt_get=(apt-get)
+  [ "$(id -u)" = 0 ] || apt_get=(sudo apt-get)
+  DEBIAN_FRONTEND=noninteractive "${apt_get[@]}" install -y -qq haproxy >/dev/null 2>&1 ||
+    { "${apt_get[@]}" update -qq >/dev/null &&
+      DEBIAN_FRONTEND=noninteractive "${apt_get[@]}" install -y -qq haproxy >/dev/null; } ||
+    die "could not install haproxy: apt-get install haproxy"
+}
+
 CARGO_FUZZ_VERSION=0.13.2
 ensure_cargo_fuzz() {
   install_crate cargo-fuzz "$CARGO_FUZZ_VERSION" cargo-fuzz
