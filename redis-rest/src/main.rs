@@ -7,6 +7,25 @@
 //! `{"result": …}` or `{"error": "…"}` with 200 / 400 / 401 / 405, and
 //! `Upstash-Encoding: base64`. Redis being unreachable is a 503, so clients can tell
 //! an outage from a failed command. `--delay-ms` slows every reply (fault tests).
+//!
+//! Behind it, one Redis server or a Redis Cluster (module [`backend`]): `REDIS_URL`
+//! listing several node URLs separated by commas, or one URL with `REDIS_CLUSTER=1`,
+//! means a cluster, as for the origin. With a cluster the front keeps Redis Cluster's
+//! own rules, so what works here works against a sharded managed Redis too: each
+//! command's keys, and all of a `/multi-exec` transaction's, must share one hash slot
+//! (else `400 {"error": "CROSSSLOT …"}`, nothing run), while a `/pipeline` may span
+//! slots because it is not atomic (as Upstash's is not). A slot whose primary is down
+//! answers 503 until its replica has taken over (about 4 s with a 2 s node timeout,
+//! tests/cluster.rs). The edge's session read is one `MGET` of keys sharing one hash
+//! tag, so it is one slot:
+//!
+//! ```text
+//! REDIS_URL=redis://127.0.0.1:30001,redis://127.0.0.1:30002 REST_TOKEN=… redis-rest
+//! curl -H 'Authorization: Bearer …' -d '["MGET","sess:{p0042}:u:s","nbf:{p0042}:u","fresh:{p0042}"]' http://127.0.0.1:8079/
+//! {"result":[null,null,null]}
+//! ```
+
+mod backend;
 
 use std::time::Duration;
 
@@ -19,17 +38,23 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use clap::Parser;
 use redis::Value as RedisValue;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde_json::{Value, json};
+
+use crate::backend::{Backend, CROSSSLOT, Conn, crosses_slots, is_outage};
 
 #[derive(Parser, Debug, Clone)]
 struct Config {
     /// Address to listen on.
     #[arg(long, env = "REST_LISTEN_ADDR", default_value = "127.0.0.1:8079")]
     listen: std::net::SocketAddr,
-    /// Redis behind the front.
+    /// Redis behind the front: one URL, or several separated by commas for the nodes
+    /// of a Redis Cluster (any of them will do; the rest is discovered).
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     redis_url: String,
+    /// Treat a single `REDIS_URL` as one node of a Redis Cluster (1/true/yes/on; off by
+    /// default). Several URLs always mean a cluster.
+    #[arg(long, env = "REDIS_CLUSTER", value_parser = clap::builder::BoolishValueParser::new())]
+    redis_cluster: bool,
     /// The bearer token clients must present.
     #[arg(long, env = "REST_TOKEN", hide_env_values = true)]
     token: String,
@@ -40,8 +65,10 @@ struct Config {
 
 #[derive(Clone)]
 struct AppState {
-    client: redis::Client,
-    conn: std::sync::Arc<tokio::sync::OnceCell<ConnectionManager>>,
+    backend: Backend,
+    /// Made by the first request that needs it (Redis may start after the front); an
+    /// attempt that failed leaves it empty for the next request to try again.
+    conn: std::sync::Arc<tokio::sync::OnceCell<Conn>>,
     token: std::sync::Arc<str>,
     delay: Duration,
 }
@@ -50,10 +77,18 @@ struct AppState {
 async fn main() {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        // Colour codes only for a terminal, not in a log file.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let config = Config::parse();
+    let backend =
+        Backend::from_settings(&config.redis_url, config.redis_cluster).unwrap_or_else(|message| {
+            eprintln!("error: {message}");
+            std::process::exit(2);
+        });
+    tracing::info!(cluster = backend.is_cluster(), "redis behind the front");
     let state = AppState {
-        client: redis::Client::open(config.redis_url.as_str()).expect("REDIS_URL"),
+        backend,
         conn: Default::default(),
         token: config.token.into(),
         delay: Duration::from_millis(config.delay_ms),
@@ -124,32 +159,49 @@ async fn handle(
         Ok(batch) => batch,
         Err(message) => return error(StatusCode::BAD_REQUEST, message),
     };
+    // A cluster refuses what the cluster client would otherwise split across slots
+    // (backend.rs says why); in a pipeline that is one command's error, as Redis gives.
+    let cluster = state.backend.is_cluster();
+    let refused = match &batch {
+        Batch::Single(args) => cluster && crosses_slots(args),
+        Batch::Transaction(cmds) => cluster && cmds.iter().any(|args| crosses_slots(args)),
+        Batch::Pipeline(_) => false,
+    };
+    if refused {
+        return error(StatusCode::BAD_REQUEST, CROSSSLOT);
+    }
     let Some(mut conn) = connection(&state).await else {
         return error(StatusCode::SERVICE_UNAVAILABLE, "ERR redis unavailable");
     };
     match batch {
         Batch::Single(args) => match to_cmd(&args).query_async::<RedisValue>(&mut conn).await {
             Ok(value) => reply(StatusCode::OK, json!({ "result": to_json(value, base64) })),
-            Err(e) if is_outage(&e) => {
-                error(StatusCode::SERVICE_UNAVAILABLE, "ERR redis unavailable")
-            }
+            Err(e) if is_outage(&e) => unavailable(&e),
             Err(e) => error(StatusCode::BAD_REQUEST, redis_error_text(&e)),
         },
         Batch::Pipeline(cmds) => {
-            // Not atomic, like Upstash: each command runs on its own, in order.
+            // Not atomic, like Upstash: each command runs on its own, in order, so with
+            // a cluster each goes to its own slot's node.
             let mut results = Vec::with_capacity(cmds.len());
             for args in &cmds {
+                if cluster && crosses_slots(args) {
+                    results.push(json!({ "error": CROSSSLOT }));
+                    continue;
+                }
                 match to_cmd(args).query_async::<RedisValue>(&mut conn).await {
                     Ok(value) => results.push(json!({ "result": to_json(value, base64) })),
-                    Err(e) if is_outage(&e) => {
-                        return error(StatusCode::SERVICE_UNAVAILABLE, "ERR redis unavailable");
-                    }
+                    Err(e) if is_outage(&e) => return unavailable(&e),
                     Err(e) => results.push(json!({ "error": redis_error_text(&e) })),
                 }
             }
             reply(StatusCode::OK, Value::Array(results))
         }
         Batch::Transaction(cmds) => {
+            // With a cluster, the client sends the whole block to the node of its
+            // keys' slot, and refuses it unsent (a CrossSlot error, answered as Redis's
+            // CROSSSLOT) when the commands' first keys are in different slots; a
+            // command whose other keys stray is refused by that node, which discards
+            // the transaction.
             let mut pipe = redis::pipe();
             pipe.cmd("MULTI").ignore();
             for args in &cmds {
@@ -178,9 +230,7 @@ async fn handle(
                         .collect();
                     reply(StatusCode::OK, Value::Array(results))
                 }
-                Err(e) if is_outage(&e) => {
-                    error(StatusCode::SERVICE_UNAVAILABLE, "ERR redis unavailable")
-                }
+                Err(e) if is_outage(&e) => unavailable(&e),
                 Err(e) => error(StatusCode::BAD_REQUEST, redis_error_text(&e)),
             }
         }
@@ -294,8 +344,19 @@ fn to_json(value: RedisValue, base64: bool) -> Value {
     }
 }
 
+/// Redis could not answer: 503, and the reason in the log (a Redis error carries no
+/// credentials).
+fn unavailable(e: &redis::RedisError) -> Response {
+    tracing::warn!(error = %e, "redis unavailable");
+    error(StatusCode::SERVICE_UNAVAILABLE, "ERR redis unavailable")
+}
+
 /// The server's own error text (`ERR wrong number of arguments for 'get' command`).
 fn redis_error_text(e: &redis::RedisError) -> String {
+    if e.kind() == redis::ErrorKind::CrossSlot {
+        // The cluster client's own refusal has its own wording; say what Redis says.
+        return CROSSSLOT.to_string();
+    }
     match (e.code(), e.detail()) {
         (Some(code), Some(detail)) => format!("{code} {detail}"),
         (Some(code), None) => code.to_string(),
@@ -303,17 +364,9 @@ fn redis_error_text(e: &redis::RedisError) -> String {
     }
 }
 
-fn is_outage(e: &redis::RedisError) -> bool {
-    e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout()
-}
-
-async fn connection(state: &AppState) -> Option<ConnectionManager> {
-    let config = ConnectionManagerConfig::new()
-        .set_connection_timeout(Duration::from_secs(1))
-        .set_response_timeout(Duration::from_secs(2))
-        .set_number_of_retries(1);
+async fn connection(state: &AppState) -> Option<Conn> {
     let init = state
         .conn
-        .get_or_try_init(|| ConnectionManager::new_with_config(state.client.clone(), config));
+        .get_or_try_init(|| async { state.backend.connect().await.ok_or(()) });
     init.await.ok().cloned()
 }
