@@ -382,11 +382,14 @@ impl Store {
             ),
             // The cluster client's own retries (MOVED/ASK, reconnects) run inside each
             // call's budget; a shard being failed over fails the call, not the origin.
+            // Its default waits before a retry start at 1.28 s, past any budget here.
             Target::Cluster(urls) => Client::Cluster(
                 ClusterClientBuilder::new(urls.iter().map(String::as_str))
                     .connection_timeout(TIMEOUT)
                     .response_timeout(TIMEOUT)
                     .retries(3)
+                    .min_retry_wait(10)
+                    .max_retry_wait(100)
                     .build()
                     .map_err(|e| format!("REDIS_URL (cluster): {e}"))?,
             ),
