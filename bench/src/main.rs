@@ -7,6 +7,7 @@
 //! logins next to raw Argon2id, refreshes next to pgbench running the same SQL), so
 //! their ratios hold on a noisy machine even when the absolute figures move.
 
+mod cluster;
 mod procfs;
 mod sim;
 mod stack;
@@ -118,6 +119,9 @@ async fn main() {
     }
     if wanted("growth") {
         bench.growth().await;
+    }
+    if wanted("cluster") {
+        bench.cluster().await;
     }
     bench.bundle_size();
 

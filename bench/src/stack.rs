@@ -55,16 +55,7 @@ impl Stack {
             settings.admin_url.rsplit_once('/').unwrap().0.to_string() + "/" + &database;
         psql(&database_url, "create extension pg_stat_statements");
 
-        let rest_port = free_port();
-        let mut command = Command::new(settings.root.join("target/release/redis-rest"));
-        command
-            .env("REST_LISTEN_ADDR", format!("127.0.0.1:{rest_port}"))
-            .env("REDIS_URL", &settings.redis_url)
-            .env("REST_TOKEN", REST_TOKEN)
-            .env("RUST_LOG", "warn");
-        let mut rest = Process::spawn("redis-rest", command);
-        let rest_url = format!("http://127.0.0.1:{rest_port}");
-        wait_port(&mut rest, rest_port).await;
+        let (rest, rest_url) = start_rest(settings, &settings.redis_url).await;
 
         let upstream_url = start_upstream();
         let mut stack = Stack {
@@ -91,24 +82,17 @@ impl Stack {
     pub async fn restart_origin(&mut self, settings: &Settings, extra: &[(&str, &str)]) {
         self.origin.stop();
         let port = self.origin_port;
-        let mut command = Command::new(settings.root.join("target/release/origin"));
-        command
-            .env("DATABASE_URL", &self.database_url)
-            .env("REDIS_URL", &settings.redis_url)
-            .env("REDIS_PREFIX", &self.prefix)
-            .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
-            .env("OPS_LISTEN_ADDR", format!("127.0.0.1:{}", free_port()))
-            .env("SIGNING_KEY_FILE", &self.key_file)
-            .env("EDGE_SECRET", &self.edge_secret)
-            .env("ISSUER", ISSUER)
-            .env("AUDIENCE", AUDIENCE)
-            .env("ARGON2_MEMORY_KIB", ARGON2_MEMORY_KIB.to_string())
-            .env("ARGON2_ITERATIONS", ARGON2_ITERATIONS.to_string())
-            // Thousands of users register and log in from 127.0.0.1.
-            .env("REGISTRATIONS_PER_ADDRESS", "1000000")
-            .env("LOGIN_ATTEMPTS_PER_ADDRESS", "1000000")
-            // Request logs at info would measure the terminal; warnings still show.
-            .env("RUST_LOG", "warn");
+        let mut command = origin_command(
+            settings,
+            &OriginEnv {
+                database_url: &self.database_url,
+                redis_url: &settings.redis_url,
+                prefix: &self.prefix,
+                key_file: &self.key_file,
+                edge_secret: &self.edge_secret,
+                port,
+            },
+        );
         for (name, value) in extra {
             command.env(name, value);
         }
@@ -123,39 +107,21 @@ impl Stack {
     }
 
     async fn start_workerd(&mut self, settings: &Settings, dir: &Path) {
-        let port = free_port();
-        let config = dir.join("workerd.capnp");
-        let vars = [
-            ("ORIGIN_URL", self.origin_url.clone()),
-            ("UPSTREAM_URL", self.upstream_url.clone()),
-            ("ISSUER", ISSUER.into()),
-            ("AUDIENCE", AUDIENCE.into()),
-            ("PROTECTED_PATHS", "/api/".into()),
-            // The forwarding runs measure `/public/bench`.
-            ("PUBLIC_PATHS", "/public/".into()),
-            ("SESSION_STORE", "upstash".into()),
-            ("UPSTASH_URL", self.rest_url.clone()),
-            ("UPSTASH_TOKEN", REST_TOKEN.into()),
-            ("KEY_PREFIX", self.prefix.clone()),
-            ("EDGE_SECRET", self.edge_secret.clone()),
-            ("STORE_TIMEOUT_MS", "1000".into()),
-            ("JWKS_REFETCH_SECS", "60".into()),
-            // The day simulation runs 3-second tokens; nothing else depends on it.
-            ("TOKEN_LEEWAY_SECS", "0".into()),
-        ];
-        std::fs::write(&config, workerd_config(settings, dir, port, &vars))
-            .expect("writing the workerd config");
-        let mut command = Command::new(&settings.workerd_bin);
-        command.arg("serve").arg(&config).arg("--experimental");
-        self.workerd = Process::spawn("workerd", command);
-        self.edge_url = format!("http://127.0.0.1:{port}");
-        // The JWKS passes through the edge to the origin: healthy means both answer.
-        wait_healthy(
-            &mut self.workerd,
-            &format!("{}/.well-known/jwks.json", self.edge_url),
-            Duration::from_secs(30),
+        let (workerd, edge_url) = serve_bundle(
+            settings,
+            dir,
+            "workerd.capnp",
+            &EdgeEnv {
+                origin_url: &self.origin_url,
+                upstream_url: &self.upstream_url,
+                rest_url: &self.rest_url,
+                prefix: &self.prefix,
+                edge_secret: &self.edge_secret,
+            },
         )
         .await;
+        self.workerd = workerd;
+        self.edge_url = edge_url;
     }
 
     /// Starts the JavaScript reference workers (`bench/reference-worker.js`, bundled
@@ -235,6 +201,108 @@ const reference :Workerd.Worker = (
     pub fn signing_key(&self) -> shared::SigningKey {
         e2e::read_signing_key(&self.key_file)
     }
+}
+
+/// What an origin under test is pointed at.
+pub struct OriginEnv<'a> {
+    pub database_url: &'a str,
+    /// One URL, or a Redis Cluster's node URLs separated by commas.
+    pub redis_url: &'a str,
+    pub prefix: &'a str,
+    pub key_file: &'a Path,
+    pub edge_secret: &'a str,
+    pub port: u16,
+}
+
+/// The release origin with the bench settings, listening on 127.0.0.1:`port`.
+pub fn origin_command(settings: &Settings, env: &OriginEnv) -> Command {
+    let mut command = Command::new(settings.root.join("target/release/origin"));
+    command
+        .env("DATABASE_URL", env.database_url)
+        .env("REDIS_URL", env.redis_url)
+        .env("REDIS_PREFIX", env.prefix)
+        .env("LISTEN_ADDR", format!("127.0.0.1:{}", env.port))
+        .env("OPS_LISTEN_ADDR", format!("127.0.0.1:{}", free_port()))
+        .env("SIGNING_KEY_FILE", env.key_file)
+        .env("EDGE_SECRET", env.edge_secret)
+        .env("ISSUER", ISSUER)
+        .env("AUDIENCE", AUDIENCE)
+        .env("ARGON2_MEMORY_KIB", ARGON2_MEMORY_KIB.to_string())
+        .env("ARGON2_ITERATIONS", ARGON2_ITERATIONS.to_string())
+        // Thousands of users register and log in from 127.0.0.1.
+        .env("REGISTRATIONS_PER_ADDRESS", "1000000")
+        .env("LOGIN_ATTEMPTS_PER_ADDRESS", "1000000")
+        // Request logs at info would measure the terminal; warnings still show.
+        .env("RUST_LOG", "warn");
+    command
+}
+
+/// The release REST front on a free port, in front of `redis_url` (one URL, or a
+/// cluster's node URLs separated by commas); returns it with its URL.
+pub async fn start_rest(settings: &Settings, redis_url: &str) -> (Process, String) {
+    let port = free_port();
+    let mut command = Command::new(settings.root.join("target/release/redis-rest"));
+    command
+        .env("REST_LISTEN_ADDR", format!("127.0.0.1:{port}"))
+        .env("REDIS_URL", redis_url)
+        .env("REST_TOKEN", REST_TOKEN)
+        .env("RUST_LOG", "warn");
+    let mut rest = Process::spawn("redis-rest", command);
+    wait_port(&mut rest, port).await;
+    (rest, format!("http://127.0.0.1:{port}"))
+}
+
+/// What the edge under test is pointed at.
+pub struct EdgeEnv<'a> {
+    pub origin_url: &'a str,
+    pub upstream_url: &'a str,
+    pub rest_url: &'a str,
+    pub prefix: &'a str,
+    pub edge_secret: &'a str,
+}
+
+/// The uploaded bundle in `workerd serve` (config `dir/config_name`) on a free port,
+/// healthy; returns it with its URL.
+pub async fn serve_bundle(
+    settings: &Settings,
+    dir: &Path,
+    config_name: &str,
+    env: &EdgeEnv<'_>,
+) -> (Process, String) {
+    let port = free_port();
+    let config = dir.join(config_name);
+    let vars = [
+        ("ORIGIN_URL", env.origin_url.to_string()),
+        ("UPSTREAM_URL", env.upstream_url.to_string()),
+        ("ISSUER", ISSUER.into()),
+        ("AUDIENCE", AUDIENCE.into()),
+        ("PROTECTED_PATHS", "/api/".into()),
+        // The forwarding runs measure `/public/bench`.
+        ("PUBLIC_PATHS", "/public/".into()),
+        ("SESSION_STORE", "upstash".into()),
+        ("UPSTASH_URL", env.rest_url.to_string()),
+        ("UPSTASH_TOKEN", REST_TOKEN.into()),
+        ("KEY_PREFIX", env.prefix.to_string()),
+        ("EDGE_SECRET", env.edge_secret.to_string()),
+        ("STORE_TIMEOUT_MS", "1000".into()),
+        ("JWKS_REFETCH_SECS", "60".into()),
+        // The day simulation runs 3-second tokens; nothing else depends on it.
+        ("TOKEN_LEEWAY_SECS", "0".into()),
+    ];
+    std::fs::write(&config, workerd_config(settings, dir, port, &vars))
+        .expect("writing the workerd config");
+    let mut command = Command::new(&settings.workerd_bin);
+    command.arg("serve").arg(&config).arg("--experimental");
+    let mut workerd = Process::spawn("workerd", command);
+    let url = format!("http://127.0.0.1:{port}");
+    // The JWKS passes through the edge to the origin: healthy means both answer.
+    wait_healthy(
+        &mut workerd,
+        &format!("{url}/.well-known/jwks.json"),
+        Duration::from_secs(30),
+    )
+    .await;
+    (workerd, url)
 }
 
 /// A workerd config serving the uploaded bundle's modules with the given vars, and an
