@@ -1,6 +1,7 @@
 //! Starts the whole stack for one test, on free ports, and stops it on drop:
 //! the REST front (`redis-rest`), the origin (with its Postgres connection going
-//! through a [`TcpProxy`] the test can cut), a recording proxy standing in for the
+//! through a [`TcpProxy`] the test can cut; or several behind HAProxy, see
+//! [`Options::origins`] and [`cluster`]), a recording proxy standing in for the
 //! upstream API, and the edge under `wrangler dev`.
 //!
 //! Binaries come from `target/debug` (the test command builds them first) and
@@ -17,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod cluster;
 pub mod hostile;
 pub mod throwaway;
 pub use throwaway::{ThrowawayPostgres, ThrowawayRedis, rss_kib};
@@ -466,6 +468,10 @@ pub struct Options {
     pub kv_gate: bool,
     /// Extra vars of the edge (e.g. `PUBLIC_PATHS`), replacing the defaults of the same name.
     pub edge_vars: Vec<(&'static str, String)>,
+    /// How many origins (default 1). More than one: they share the database, Redis and
+    /// signing key, and the edge (and the recorder) reach them through HAProxy
+    /// ([`cluster::LoadBalancer`]), so [`Stack::origin`] is the load balancer's URL.
+    pub origins: usize,
 }
 
 impl Default for Options {
@@ -479,12 +485,19 @@ impl Default for Options {
             origin_env: Vec::new(),
             kv_gate: false,
             edge_vars: Vec::new(),
+            origins: 1,
         }
     }
 }
 
 pub struct Stack {
     pub edge: String,
+    /// With [`Options::origins`] > 1: HAProxy in front of the origins.
+    pub load_balancer: Option<cluster::LoadBalancer>,
+    /// Origins 1.. of [`Options::origins`] (origin 0 is [`Stack::origin_process`]).
+    pub more_origins: Vec<Process>,
+    /// Each origin's own URL, origin 0 first (one origin: the same as [`Stack::origin`]).
+    pub origin_urls: Vec<String>,
     /// With `Options::kv_gate`: the gate between the origin and the edge's KV sync.
     pub kv_gate: Option<PushGate>,
     pub origin: String,
@@ -605,31 +618,52 @@ impl Stack {
             origin_command.retain(|(k, _)| k != name);
             origin_command.push((name.to_string(), value.clone()));
         }
-        // A port picked by `free_port` may be taken by a neighbour test before the
-        // origin binds it: then pick others, a few times.
-        let mut origin = origin;
-        let mut attempts = 0;
-        let origin_process = loop {
-            attempts += 1;
-            let mut process = spawn_origin(&origin_command);
-            let url = format!("{origin}/healthz");
-            if became_healthy(&mut process, &url, Duration::from_secs(30)).await {
-                break process;
-            }
-            if attempts < 4 && process.log().contains("Address already in use") {
-                let port = free_port();
-                origin = format!("http://127.0.0.1:{port}");
-                for (name, value) in &mut origin_command {
-                    match name.as_str() {
-                        "LISTEN_ADDR" => *value = format!("127.0.0.1:{port}"),
-                        "OPS_LISTEN_ADDR" => *value = format!("127.0.0.1:{}", free_port()),
-                        _ => {}
-                    }
+        // Several origins: HAProxy starts first, since the origins must know its
+        // address (their ORIGIN_AUTHORITY: the edge's proofs name the load balancer).
+        let origin_count = options.origins.max(1);
+        let origin_ports: Vec<u16> = std::iter::once(origin_port)
+            .chain((1..origin_count).map(|_| free_port()))
+            .collect();
+        let mut load_balancer =
+            (origin_count > 1).then(|| cluster::LoadBalancer::start(&origin_ports));
+        if let Some(lb) = &load_balancer {
+            origin_command.retain(|(k, _)| k != "ORIGIN_AUTHORITY");
+            origin_command.push(("ORIGIN_AUTHORITY".into(), lb.authority()));
+        }
+        // Origin 0 first: it creates the signing key file the others then share.
+        let (origin_process, first) = start_origin(&mut origin_command, origin).await;
+        let mut origin_urls = vec![first];
+        let mut more_origins = Vec::new();
+        for port in &origin_ports[1..] {
+            let mut command = origin_command.clone();
+            set_origin_ports(&mut command, *port);
+            let (process, url) =
+                start_origin(&mut command, format!("http://127.0.0.1:{port}")).await;
+            more_origins.push(process);
+            origin_urls.push(url);
+        }
+        if let Some(lb) = &mut load_balancer {
+            // An origin that had to move off a taken port: point HAProxy at it.
+            for (i, url) in origin_urls.iter().enumerate() {
+                let port: u16 = url.rsplit(':').next().unwrap().parse().unwrap();
+                if lb.servers[i] != port {
+                    lb.set_server_port(i, port);
                 }
-                continue;
             }
-            panic!("origin did not become healthy at {url}:\n{}", process.log());
-        };
+            if let Err(e) = lb
+                .wait_states(&vec![true; origin_count], Duration::from_secs(10))
+                .await
+            {
+                let mut logs = format!("--- origin 0 ---\n{}", origin_process.log());
+                for (i, process) in more_origins.iter().enumerate() {
+                    logs += &format!("\n--- origin {} ---\n{}", i + 1, process.log());
+                }
+                panic!("{e}\n{logs}\n--- haproxy ---\n{}", lb.log());
+            }
+        }
+        let origin = load_balancer
+            .as_ref()
+            .map_or_else(|| origin_urls[0].clone(), |lb| lb.url());
 
         recorder.relay_to(&origin);
         let mut vars = vec![
@@ -699,6 +733,9 @@ impl Stack {
 
         Stack {
             edge,
+            load_balancer,
+            more_origins,
+            origin_urls,
             kv_gate,
             origin,
             prefix,
@@ -725,13 +762,22 @@ impl Stack {
         self.origin_process.stop();
     }
 
+    /// SIGKILLs origin `index` (0 is [`Stack::origin_process`]), with no graceful
+    /// shutdown; behind the load balancer it stays down until the test restarts it.
+    pub fn kill_origin_at(&mut self, index: usize) {
+        match index {
+            0 => self.origin_process.stop(),
+            i => self.more_origins[i - 1].stop(),
+        }
+    }
+
     /// Starts the origin again, same port and settings, and waits until it is healthy.
     pub async fn restart_origin(&mut self) {
         self.origin_process.stop();
         self.origin_process = spawn_origin(&self.origin_command);
         wait_healthy(
             &mut self.origin_process,
-            &format!("{}/healthz", self.origin),
+            &format!("{}/healthz", self.origin_urls[0]),
             Duration::from_secs(30),
         )
         .await;
@@ -838,11 +884,14 @@ impl Stack {
     }
 
     pub fn logs(&self) -> String {
-        format!(
-            "--- origin ---\n{}\n--- wrangler ---\n{}",
-            self.origin_process.log(),
-            self.wrangler.log()
-        )
+        let mut logs = format!("--- origin ---\n{}", self.origin_process.log());
+        for (i, process) in self.more_origins.iter().enumerate() {
+            logs += &format!("\n--- origin {} ---\n{}", i + 1, process.log());
+        }
+        if let Some(lb) = &self.load_balancer {
+            logs += &format!("\n--- haproxy ---\n{}", lb.log());
+        }
+        logs + &format!("\n--- wrangler ---\n{}", self.wrangler.log())
     }
 
     pub async fn post_json(
@@ -968,6 +1017,9 @@ impl Drop for Stack {
     fn drop(&mut self) {
         self.wrangler.stop();
         self.origin_process.stop();
+        for process in &mut self.more_origins {
+            process.stop();
+        }
         self.rest.stop();
         // Best effort: a test may have stopped its throwaway server already.
         let _ = Command::new("psql")
@@ -988,6 +1040,10 @@ impl Drop for Stack {
 /// `redis-server`): the partition markers never expire, and a shared Redis would
 /// otherwise keep a thousand keys per test run.
 pub fn delete_redis_prefix(redis_url: &str, prefix: &str) {
+    if redis_url.contains(',') {
+        // A cluster's node list: in the tests, a throwaway cluster that goes with its keys.
+        return;
+    }
     let script = format!(
         "redis-cli -u {redis_url} --scan --pattern '{prefix}*' | xargs -r -n 500 redis-cli -u {redis_url} del >/dev/null"
     );
@@ -996,6 +1052,40 @@ pub fn delete_redis_prefix(redis_url: &str, prefix: &str) {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status();
+}
+
+/// Starts an origin and waits until `url` (its `LISTEN_ADDR`) is healthy. A port
+/// picked by `free_port` may be taken by a neighbour test before the origin binds it:
+/// then it picks others, a few times. (The process, its URL.)
+async fn start_origin(command: &mut [(String, String)], url: String) -> (Process, String) {
+    let mut origin = url;
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let mut process = spawn_origin(command);
+        let url = format!("{origin}/healthz");
+        if became_healthy(&mut process, &url, Duration::from_secs(30)).await {
+            return (process, origin);
+        }
+        if attempts < 4 && process.log().contains("Address already in use") {
+            let port = free_port();
+            origin = format!("http://127.0.0.1:{port}");
+            set_origin_ports(command, port);
+            continue;
+        }
+        panic!("origin did not become healthy at {url}:\n{}", process.log());
+    }
+}
+
+/// Moves an origin's command to `port` (`LISTEN_ADDR`) and a fresh operations port.
+fn set_origin_ports(command: &mut [(String, String)], port: u16) {
+    for (name, value) in command {
+        match name.as_str() {
+            "LISTEN_ADDR" => *value = format!("127.0.0.1:{port}"),
+            "OPS_LISTEN_ADDR" => *value = format!("127.0.0.1:{}", free_port()),
+            _ => {}
+        }
+    }
 }
 
 fn spawn_origin(env: &[(String, String)]) -> Process {
