@@ -187,12 +187,14 @@ start_redis_cluster() {
     dir="$_CLUSTER_DIR/redis-$port"
     mkdir -p "$dir"
     # noeviction: the origin refuses any other policy (an evicted tombstone would bring
-    # a revoked session back). No diskless-sync delay: replicas sync at once (the
+    # a revoked session back). Full coverage not required: the healthy shards keep
+    # serving while one is failed over (README, "Redis Cluster"). No diskless-sync delay: replicas sync at once (the
     # default waits 5 s for more replicas to share one transfer). Its own process group, so a Ctrl-C reaches the caller
     # first and the nodes are stopped in order, after what uses them.
     setsid redis-server --port "$port" --cluster-port "${buses[$i]}" --bind 127.0.0.1 \
       --cluster-enabled yes --cluster-config-file "$dir/nodes.conf" --cluster-node-timeout 2000 \
-      --maxmemory-policy noeviction --appendonly no --save "" --repl-diskless-sync-delay 0 \
+      --maxmemory-policy noeviction --cluster-require-full-coverage no \
+      --appendonly no --save "" --repl-diskless-sync-delay 0 \
       --dir "$dir" --logfile "$dir/redis.log" --daemonize no >/dev/null 2>&1 &
     _CLUSTER_PIDS[$i]=$!
   done

@@ -112,6 +112,17 @@ async fn run(config: Config) -> Result<(), String> {
     let target =
         origin::store::Target::parse(config.redis_url.expose_secret(), config.redis_cluster)?;
     let store = Store::new(&target, config.redis_prefix.clone(), kv)?;
+    // A cluster that requires full coverage refuses every shard while one is failed
+    // over: writes to the healthy shards then fail while the edge reads them right after.
+    if store.is_cluster()
+        && let Ok(values) = store.config("cluster-require-full-coverage").await
+        && values.iter().any(|(_, v)| v != "no")
+    {
+        tracing::warn!(
+            "Redis Cluster has cluster-require-full-coverage yes: every shard stops while one \
+             fails over; set it to no (README, Redis Cluster)"
+        );
+    }
     // Checked now when Redis answers; otherwise as soon as it does (see below).
     let policy_checked = match store.eviction_policies().await {
         Ok(policies) => {

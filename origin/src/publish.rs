@@ -20,6 +20,7 @@ use uuid::Uuid;
 use crate::config::Config;
 use crate::db;
 use crate::db::sessions::SessionRow;
+use crate::error::ApiError;
 use crate::store::{NotBefore, Publication, Store};
 
 /// How long an outbox row waits for the origin that wrote it before any origin may
@@ -134,9 +135,17 @@ impl Publisher {
         }
     }
 
-    /// Writes the sessions' new state, after their commit. Never fails the request:
-    /// what did not reach the store stays in the outbox.
-    pub async fn sessions(&self, rows: Vec<SessionRow>) {
+    /// Writes the sessions' new state, after their commit. What did not reach the
+    /// store stays in the outbox, and on a single Redis the request still succeeds:
+    /// a store that failed is one the edge cannot read either, or one whose markers
+    /// the restart took (the edge falls back). Not on a cluster: one shard may fail a
+    /// write while the edge reads it, or its promoted replica still carries the old
+    /// primary's markers, so the edge would take the missing record for "not
+    /// active" (a live user logged out) or the old one for active (a revoked session
+    /// let in). There the answer is a 503: nothing is acknowledged that the store does
+    /// not have; the commit stands and the outbox finishes it (a retried refresh gets
+    /// the same successor, a retried logout finds the session ended).
+    pub async fn sessions(&self, rows: Vec<SessionRow>) -> Result<(), ApiError> {
         self.publish(rows, None).await
     }
 
@@ -148,21 +157,35 @@ impl Publisher {
         at: DateTime<Utc>,
         outbox_id: i64,
         rows: Vec<SessionRow>,
-    ) {
+    ) -> Result<(), ApiError> {
         self.publish(rows, Some((user_id, at, outbox_id))).await
     }
 
-    async fn publish(&self, rows: Vec<SessionRow>, nbf: Option<(Uuid, DateTime<Utc>, i64)>) {
+    async fn publish(
+        &self,
+        rows: Vec<SessionRow>,
+        nbf: Option<(Uuid, DateTime<Utc>, i64)>,
+    ) -> Result<(), ApiError> {
         // Written here, in the request, in the normal case (no task to spawn and wake:
         // this runs on every login and refresh). If the request is dropped first (the
         // client hung up), the guard hands the writes to a task of their own.
         let mut guard = Unfinished(Some((self.clone(), rows, nbf)));
         let (this, rows, nbf) = guard.0.as_ref().expect("set above");
-        this.write(rows, *nbf).await;
+        let written = this.write(rows, *nbf).await;
         guard.0 = None;
+        if written || !self.store.is_cluster() {
+            Ok(())
+        } else {
+            Err(ApiError::Unavailable {
+                what: "session store",
+                retry_after: 1,
+            })
+        }
     }
 
-    async fn write(&self, rows: &[SessionRow], nbf: Option<(Uuid, DateTime<Utc>, i64)>) {
+    /// Whether every write reached the store.
+    async fn write(&self, rows: &[SessionRow], nbf: Option<(Uuid, DateTime<Utc>, i64)>) -> bool {
+        let mut written = true;
         if let Some((user_id, at, outbox_id)) = nbf {
             match self
                 .store
@@ -171,6 +194,7 @@ impl Publisher {
             {
                 Ok(()) => self.done.mark(Some(outbox_id)),
                 Err(_) => {
+                    written = false;
                     tracing::warn!(%user_id, "not-before not written; left to the outbox sweeper")
                 }
             }
@@ -181,11 +205,15 @@ impl Publisher {
             .collect();
         match self.store.publish(&publications).await {
             Ok(()) => rows.iter().for_each(|row| self.done.mark(row.outbox_id)),
-            Err(_) => tracing::warn!(
-                sessions = rows.len(),
-                "session records not written; left to the outbox sweeper"
-            ),
+            Err(_) => {
+                written = false;
+                tracing::warn!(
+                    sessions = rows.len(),
+                    "session records not written; left to the outbox sweeper"
+                )
+            }
         }
+        written
     }
 }
 

@@ -48,12 +48,16 @@ const BREAK_FOR: Duration = Duration::from_secs(1);
 struct Breaker {
     timeouts: u32,
     open_until: Option<std::time::Instant>,
+    /// The last failure of any call, and the last new cluster connection.
+    last_failure: Option<std::time::Instant>,
+    last_reconnect: Option<std::time::Instant>,
 }
 
 /// Writes a record or tombstone (KEYS[1]) only if its version (ARGV[1]) is newer than
 /// the stored one, expiring at ARGV[3] (Unix ms). A value that does not decode (an
 /// older format) is replaced; a write whose expiry has passed is dropped (it would
-/// only bring back what has ended). Returns 1 when written.
+/// only bring back what has ended). Returns 0 when not written, else 1 plus the
+/// number of replicas connected to the server (see [`Store::write_replicated`]).
 ///
 /// The stored version is read with a pattern, not a JSON parser (a quarter of the
 /// script's time): records are `{"v":2,"ver":N,…}` and no field before or inside
@@ -69,10 +73,11 @@ if current then
   if stored and stored >= tonumber(ARGV[1]) then return 0 end
 end
 redis.call('SET', KEYS[1], ARGV[2], 'PXAT', at)
-return 1
+return 1 + (tonumber(string.match(redis.call('INFO', 'replication'), 'connected_slaves:(%d+)')) or 0)
 "#;
 
-/// Writes a user's not-before (KEYS[1]) only if later than the stored one.
+/// Writes a user's not-before (KEYS[1]) only if later than the stored one. Answers as
+/// [`PUT_IF_NEWER`] does.
 const MAX_NOT_BEFORE: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -81,19 +86,32 @@ if at <= now then return 0 end
 local current = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
 if current >= tonumber(ARGV[1]) then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'PXAT', at)
-return 1
+return 1 + (tonumber(string.match(redis.call('INFO', 'replication'), 'connected_slaves:(%d+)')) or 0)
 "#;
 
 /// Starts a rebuild of a partition: unless its marker KEYS[1] vouches for this server
-/// already (another origin rebuilt it meanwhile), replaces it by a placeholder naming
-/// this rebuild (`~` and ARGV[1]), which no reader takes for fresh. Returns 1 when a
-/// rebuild is due.
+/// already (another origin rebuilt it meanwhile), or holds another rebuild's
+/// placeholder younger than ARGV[2] ms (that rebuild is under way: taking it over
+/// would refuse its end, and with several origins looking every second no rebuild
+/// might ever end), replaces it by a placeholder naming this rebuild and its start
+/// (`~<ARGV[1]>:<ms>`), which no reader takes for fresh. Returns 1 when a rebuild is
+/// due.
 const FRESHNESS_BEGIN: &str = r#"
 local run_id = string.match(redis.call('INFO', 'server'), 'run_id:(%w+)')
-if redis.call('GET', KEYS[1]) == run_id then return 0 end
-redis.call('SET', KEYS[1], '~' .. ARGV[1])
+local current = redis.call('GET', KEYS[1])
+if current == run_id then return 0 end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if current and string.sub(current, 1, 1) == '~' then
+  local since = tonumber(string.match(current, ':(%d+)$'))
+  if since and now - since < tonumber(ARGV[2]) then return 0 end
+end
+redis.call('SET', KEYS[1], '~' .. ARGV[1] .. ':' .. now)
 return 1
 "#;
+
+/// How long a rebuild's placeholder keeps other origins off its partition.
+const REBUILD_LEASE_MS: u64 = 10_000;
 
 /// Ends a rebuild: sets the marker KEYS[1] to the server's run id if that is still
 /// ARGV[1] and the placeholder of this rebuild (ARGV[2]) is still there. A server
@@ -102,7 +120,8 @@ return 1
 const FRESHNESS_END: &str = r#"
 local run_id = string.match(redis.call('INFO', 'server'), 'run_id:(%w+)')
 if run_id ~= ARGV[1] then return 0 end
-if redis.call('GET', KEYS[1]) ~= '~' .. ARGV[2] then return 0 end
+local current = redis.call('GET', KEYS[1])
+if not current or string.sub(current, 1, #ARGV[2] + 2) ~= '~' .. ARGV[2] .. ':' then return 0 end
 redis.call('SET', KEYS[1], run_id)
 return 1
 "#;
@@ -117,8 +136,9 @@ return {run_id, redis.call('GET', KEYS[1]) or ''}
 
 /// How long a write in a cluster waits for a replica to have it (`WAIT 1 …`). Past
 /// it the write stands unreplicated (a replica down or slow): the failover rebuild
-/// (module docs) still restores it from Postgres if that primary then dies.
-const REPLICA_WAIT_MS: u64 = 50;
+/// (module docs) still restores it from Postgres if that primary then dies. Short:
+/// `WAIT` holds the origin's one connection to that node meanwhile.
+const REPLICA_WAIT_MS: u64 = 20;
 
 #[derive(Debug)]
 pub struct StoreError;
@@ -453,6 +473,20 @@ impl Store {
         }
     }
 
+    /// A new cluster connection (fresh slots), swapped in when it is up; one at a time.
+    async fn reconnect_cluster(&self) {
+        let Client::Cluster(client) = &*self.client else {
+            return;
+        };
+        let Ok(_one) = self.connecting.try_lock() else {
+            return;
+        };
+        if let Ok(Ok(conn)) = tokio::time::timeout(TIMEOUT * 4, client.get_async_connection()).await
+        {
+            *self.conn.lock().unwrap_or_else(|e| e.into_inner()) = Some(Connection::Cluster(conn));
+        }
+    }
+
     fn current(&self) -> Option<Connection> {
         self.conn.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
@@ -462,9 +496,29 @@ impl Store {
     fn failed(&self, what: &'static str, unreachable: bool) -> StoreError {
         METRICS.redis_errors.inc();
         let mut breaker = self.breaker.lock().unwrap_or_else(|e| e.into_inner());
+        let now = std::time::Instant::now();
+        breaker.last_failure = Some(now);
+        if self.is_cluster() {
+            // No breaker on a cluster: one dead primary is one shard, and failing every
+            // call would leave the healthy shards unwritten while the edge still reads
+            // them. The cluster client learns a new topology only from a MOVED answer,
+            // which a dead primary never gives: a new connection (at most one every
+            // half second) reads the slots afresh, so the promoted replica is found.
+            // It is made aside and swapped in once up: calls to the healthy shards
+            // keep the current one meanwhile.
+            tracing::debug!(operation = what, "redis cluster call failed or timed out");
+            if breaker
+                .last_reconnect
+                .is_none_or(|t| now.duration_since(t) >= Duration::from_millis(500))
+            {
+                breaker.last_reconnect = Some(now);
+                let store = self.clone();
+                tokio::spawn(async move { store.reconnect_cluster().await });
+            }
+            return StoreError;
+        }
         breaker.timeouts += u32::from(!unreachable);
         if unreachable || breaker.timeouts >= TRIP_AFTER_TIMEOUTS {
-            let now = std::time::Instant::now();
             if breaker.open_until.is_none_or(|t| t <= now) {
                 tracing::warn!(
                     operation = what,
@@ -473,16 +527,19 @@ impl Store {
             }
             breaker.open_until = Some(now + BREAK_FOR);
             breaker.timeouts = 0;
-            // The cluster client learns a new topology only from a MOVED answer, and a
-            // dead primary gives none: it would keep calling the dead address after
-            // its replica took over. A new connection reads the slots afresh.
-            if self.is_cluster() {
-                *self.conn.lock().unwrap_or_else(|e| e.into_inner()) = None;
-            }
         } else {
             tracing::debug!(operation = what, "redis call failed or timed out");
         }
         StoreError
+    }
+
+    /// Whether a call failed within `within`: the watcher then looks more often.
+    pub fn failed_within(&self, within: Duration) -> bool {
+        self.breaker
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .last_failure
+            .is_some_and(|t| t.elapsed() < within)
     }
 
     /// Whether the breaker is open, so calls fail at once.
@@ -583,30 +640,37 @@ impl Store {
                 .arg(p.ver)
                 .arg(&p.value)
                 .arg(p.expire_at_ms);
-            self.write_replicated("publish session", write).await?;
+            let key = session_key(&self.prefix, &p.sub, &p.sid);
+            self.write_replicated("publish session", &key, write)
+                .await?;
         }
         Ok(())
     }
 
-    /// Runs one write (a script on one key); in a cluster, followed by `WAIT` in the
-    /// same pipeline, so on the same node and connection: the answer comes once a
-    /// replica has the write too, or after [`REPLICA_WAIT_MS`]. `EVAL`, not `EVALSHA`:
-    /// a pipeline cannot load a missing script, and the server caches it by digest.
+    /// Runs one write (a script on `key` answering 0, or 1 + its server's replicas);
+    /// in a cluster, when it wrote and the server has a replica, then `WAIT 1` on the
+    /// same node (a pipeline led by a read of the same key goes to the key's node):
+    /// the answer comes once a replica has the write, or after [`REPLICA_WAIT_MS`]. No
+    /// `WAIT` without a replica: it would only hold the node's connection. `EVAL`, not
+    /// `EVALSHA`: the server caches the script by digest, and a promoted replica need
+    /// not have loaded it.
     async fn write_replicated(
         &self,
         what: &'static str,
+        key: &str,
         write: redis::Cmd,
     ) -> Result<(), StoreError> {
-        let mut pipe = redis::pipe();
-        pipe.add_command(write).ignore();
-        let cluster = self.is_cluster();
-        if cluster {
-            pipe.cmd("WAIT").arg(1).arg(REPLICA_WAIT_MS);
+        let answer: i64 = self.run(what, &write).await?;
+        if !self.is_cluster() || answer < 2 {
+            return Ok(());
         }
-        let replicas: Vec<i64> = self
-            .budgeted(what, async |conn| pipe.query_async(conn).await)
+        let mut wait = redis::pipe();
+        wait.cmd("EXISTS").arg(key).ignore();
+        wait.cmd("WAIT").arg(1).arg(REPLICA_WAIT_MS);
+        let (replicas,): (i64,) = self
+            .budgeted(what, async |conn| wait.query_async(conn).await)
             .await?;
-        if cluster && replicas.first().is_none_or(|n| *n < 1) {
+        if replicas < 1 {
             METRICS.redis_unreplicated_writes.inc();
             tracing::debug!(operation = what, "no replica confirmed the write in time");
         }
@@ -629,10 +693,11 @@ impl Store {
         write
             .arg(MAX_NOT_BEFORE)
             .arg(1)
-            .arg(key)
+            .arg(&key)
             .arg(not_before.at_ms)
             .arg(not_before.expire_at_ms);
-        self.write_replicated("publish not-before", write).await
+        self.write_replicated("publish not-before", &key, write)
+            .await
     }
 
     /// What the store says about a verified token's session, in one round trip of
@@ -716,8 +781,13 @@ impl Store {
     /// Every node's `maxmemory-policy` (a cluster's replicas included: one of them
     /// may become the primary).
     pub async fn eviction_policies(&self) -> Result<Vec<(String, String)>, StoreError> {
+        self.config("maxmemory-policy").await
+    }
+
+    /// Every node's value of one setting (`CONFIG GET`).
+    pub async fn config(&self, name: &str) -> Result<Vec<(String, String)>, StoreError> {
         let mut cmd = redis::cmd("CONFIG");
-        cmd.arg("GET").arg("maxmemory-policy");
+        cmd.arg("GET").arg(name);
         let cluster = self.is_cluster();
         let answer: redis::Value = self
             .budgeted("config get", async |conn| match conn {
@@ -737,7 +807,8 @@ impl Store {
         let mut invocation = self.scripts.freshness_begin.prepare_invoke();
         invocation
             .key(partition_freshness_key(&self.prefix, partition))
-            .arg(rebuild);
+            .arg(rebuild)
+            .arg(REBUILD_LEASE_MS);
         self.run_script::<i64>("freshness begin", invocation)
             .await
             .map(|begun| begun == 1)

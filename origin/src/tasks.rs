@@ -12,8 +12,12 @@ use crate::publish::{self, Lifetimes};
 use crate::state::AppState;
 use crate::store::Store;
 
-/// How often the store's freshness is checked and the outbox swept.
+/// How often the store's freshness is checked and the outbox swept; more often for a
+/// while after a store call failed (a failover under way): a promoted replica carries
+/// the old primary's markers, which the edge trusts until a look finds them stale.
 const WATCH_EVERY: Duration = Duration::from_secs(1);
+const WATCH_EVERY_AFTER_FAILURE: Duration = Duration::from_millis(200);
+const FAILURE_WATCH_FOR: Duration = Duration::from_secs(15);
 const CLEANUP_EVERY: Duration = Duration::from_secs(600);
 /// Rows deleted per statement by the cleanup: short transactions, no long locks.
 const CLEANUP_BATCH: i64 = 1000;
@@ -206,13 +210,22 @@ pub async fn refresh_freshness(
     }
     let partitions: HashSet<u16> = begun.iter().map(|s| s.partition).collect();
     let written = rebuild(db, store, lifetimes, &partitions).await?;
+    let mut ended = 0;
     for state in &begun {
         // Refused if that server restarted or failed over, or the partition was
         // flushed, during the rebuild: it stays stale and is rebuilt at the next look.
-        store
-            .end_rebuild(state.partition, &state.run_id, &id)
-            .await
-            .map_err(|_| "the store failed setting a marker")?;
+        ended += usize::from(
+            store
+                .end_rebuild(state.partition, &state.run_id, &id)
+                .await
+                .map_err(|_| "the store failed setting a marker")?,
+        );
+    }
+    if ended < begun.len() {
+        tracing::warn!(
+            refused = begun.len() - ended,
+            "rebuilt partitions not marked fresh (their server changed meanwhile); will retry"
+        );
     }
     Ok((begun.len(), written))
 }
@@ -222,11 +235,16 @@ pub async fn refresh_freshness(
 pub async fn run(state: AppState) {
     let lifetimes = Lifetimes::from(state.config.as_ref());
     let retention = Retention::from(state.config.as_ref());
-    let mut watch = tokio::time::interval(WATCH_EVERY);
+    let mut watch = tokio::time::interval(WATCH_EVERY_AFTER_FAILURE);
+    let mut last_look = tokio::time::Instant::now() - WATCH_EVERY;
     let mut cleanup_tick = tokio::time::interval(CLEANUP_EVERY);
     loop {
         tokio::select! {
             _ = watch.tick() => {
+                if last_look.elapsed() < WATCH_EVERY && !state.store.failed_within(FAILURE_WATCH_FOR) {
+                    continue;
+                }
+                last_look = tokio::time::Instant::now();
                 state.store.ensure_kv_marker().await;
                 match publish::sweep(&state.db, &state.store, &lifetimes).await {
                     Ok(0) => {}

@@ -158,6 +158,7 @@ impl Cluster {
                 .args(["--cluster-enabled", "yes"])
                 .args(["--cluster-port", &bus.to_string()])
                 .args(["--cluster-node-timeout", "2000"])
+                .args(["--cluster-require-full-coverage", "no"])
                 .args(["--cluster-config-file", "nodes.conf"])
                 .arg("--dir")
                 .arg(&node_dir)

@@ -147,6 +147,6 @@ async fn start_session(
     .await?;
     tracing::info!(%user_id, session_id = %row.id, "login");
     let response = issue(state, &row, &refresh)?;
-    state.publisher.sessions(vec![row]).await;
+    state.publisher.sessions(vec![row]).await?;
     Ok(response)
 }

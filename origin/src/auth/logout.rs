@@ -45,7 +45,7 @@ pub async fn revoke_session(
     let Some(row) = db::sessions::revoke(&state.db, user_id, session_id, reason).await? else {
         return Ok(false);
     };
-    state.publisher.sessions(vec![row]).await;
+    state.publisher.sessions(vec![row]).await?;
     Ok(true)
 }
 
@@ -59,7 +59,7 @@ pub async fn logout_all(
     state
         .publisher
         .logout_all(auth.user_id, at, outbox_id, sessions)
-        .await;
+        .await?;
     tracing::info!(user_id = %auth.user_id, sessions = count, "logout everywhere");
     Ok(ended(&state, &headers))
 }

@@ -159,7 +159,7 @@ async fn exchange(
     .await?
     {
         let response = issue(state, &session, &successor)?;
-        state.publisher.sessions(vec![session]).await;
+        state.publisher.sessions(vec![session]).await?;
         return Ok(response);
     }
     // Anything else (a retry, a reuse, an invalid token) is decided under the locks.
@@ -210,7 +210,7 @@ async fn exchange(
     };
     tx.commit().await?;
     let response = issue(state, &session, &refresh)?;
-    state.publisher.sessions(vec![session]).await;
+    state.publisher.sessions(vec![session]).await?;
     Ok(response)
 }
 
@@ -241,7 +241,8 @@ async fn reuse(
     tx.commit().await?;
     METRICS.reuse_detected.get_or_create(&Cause { cause }).inc();
     tracing::warn!(user_id = %session.user_id, session_id = %session.id, ip = %client.ip, cause, "refresh token reuse: session revoked");
-    state.publisher.sessions(vec![session]).await;
+    // The answer is 401 whether or not the tombstone is written yet (the outbox).
+    let _ = state.publisher.sessions(vec![session]).await;
     Err(ApiError::InvalidGrant)
 }
 
