@@ -568,3 +568,128 @@ async fn every_periodic_query_is_served_by_an_index() {
     }
     assert!(failures.is_empty(), "sequential scans in: {failures:?}");
 }
+
+/// Expected (issue 11, growth): the cleanup deletes what outlived its retention and
+/// nothing else, a batch of at most 1,000 rows per statement until none is left (more
+/// than one batch of each kind is seeded, so stopping after the first would leave
+/// rows); security events are kept 90 days by default. Runs the cleanup itself on a
+/// database of its own, with no origin whose timer could run it meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cleanup_deletes_in_batches_only_what_outlived_its_retention() {
+    // Arrange
+    let db = common::TestDb::create().await;
+    let pg = sqlx::PgPool::connect(&db.url).await.unwrap();
+    origin::MIGRATOR.run(&pg).await.unwrap();
+    let config = <origin::config::Config as clap::Parser>::try_parse_from([
+        "origin",
+        "--database-url",
+        "postgres://unused",
+        "--redis-url",
+        "redis://unused",
+    ])
+    .expect("defaults");
+    let retention = origin::tasks::Retention::from(&config);
+    assert_eq!(
+        retention.security_events_secs,
+        90 * 86_400,
+        "default retention"
+    );
+    let seed = "
+        insert into app_user (id, username, password_hash) values (gen_random_uuid(), 'u', 'x');
+        -- 1,500 sessions revoked two days ago (gone) and 3 revoked an hour ago (kept).
+        insert into session (id, user_id, scope, expires_at, access_expires_at, revoked_at)
+          select gen_random_uuid(), (select id from app_user), 'api', now() + interval '20 days',
+                 now() - interval '2 days', now() - interval '2 days' from generate_series(1, 1500);
+        insert into session (id, user_id, scope, expires_at, access_expires_at, revoked_at)
+          select gen_random_uuid(), (select id from app_user), 'api', now() + interval '20 days',
+                 now() - interval '1 hour', now() - interval '1 hour' from generate_series(1, 3);
+        -- 1,200 sessions past their absolute end for two days (gone).
+        insert into session (id, user_id, scope, expires_at, access_expires_at)
+          select gen_random_uuid(), (select id from app_user), 'api', now() - interval '2 days',
+                 now() - interval '2 days' from generate_series(1, 1200);
+        -- 1,100 idle past the idle timeout and a day (gone), 4 live sessions (kept).
+        insert into session (id, user_id, scope, expires_at, access_expires_at)
+          select gen_random_uuid(), (select id from app_user), 'api', now() + interval '20 days',
+                 now() - make_interval(secs => $1 + 90000) from generate_series(1, 1100);
+        insert into session (id, user_id, scope, expires_at, access_expires_at)
+          select gen_random_uuid(), (select id from app_user), 'live', now() + interval '20 days',
+                 now() + interval '10 minutes' from generate_series(1, 4);
+        -- Tokens of the live sessions: 2,100 rotated 8 days ago (gone), one unrotated
+        -- from as long ago (kept: it is the session's current token), 1,300 rotated an
+        -- hour ago with their sealed successor (the seal erased, the row kept), 2
+        -- rotated just now (seal kept: inside the grace window).
+        insert into refresh_token (id, session_id, token_hash, created_at, rotated_at)
+          select gen_random_uuid(), (select id from session where scope = 'live' limit 1),
+                 uuid_send(gen_random_uuid()), now() - interval '8 days', now() - interval '8 days'
+          from generate_series(1, 2100);
+        insert into refresh_token (id, session_id, token_hash, created_at)
+          select gen_random_uuid(), (select id from session where scope = 'live' limit 1),
+                 uuid_send(gen_random_uuid()), now() - interval '8 days';
+        insert into refresh_token (id, session_id, token_hash, rotated_at, child_sealed)
+          select gen_random_uuid(), (select id from session where scope = 'live' limit 1),
+                 uuid_send(gen_random_uuid()), now() - interval '1 hour', '\\x00'
+          from generate_series(1, 1300);
+        insert into refresh_token (id, session_id, token_hash, rotated_at, child_sealed)
+          select gen_random_uuid(), (select id from session where scope = 'live' limit 1),
+                 uuid_send(gen_random_uuid()), now(), '\\x00' from generate_series(1, 2);
+        -- 2,300 security events 91 days old (gone), 5 from 89 days ago (kept).
+        insert into security_event (kind, created_at)
+          select 'login_failed', now() - interval '91 days' from generate_series(1, 2300);
+        insert into security_event (kind, created_at)
+          select 'login_failed', now() - interval '89 days' from generate_series(1, 5);
+    ";
+    for statement in seed.split(';').filter(|s| !s.trim().is_empty()) {
+        let statement = statement.trim();
+        let query = sqlx::query(statement);
+        let query = if statement.contains("$1") {
+            query.bind(retention.idle_ttl_secs as f64)
+        } else {
+            query
+        };
+        query
+            .execute(&pg)
+            .await
+            .unwrap_or_else(|e| panic!("{statement}: {e}"));
+    }
+
+    // Act
+    let done = origin::tasks::cleanup(&pg, &retention).await.unwrap();
+
+    // Assert
+    eprintln!("cleanup: {done:?}");
+    assert_eq!(
+        done,
+        vec![
+            ("revoked sessions", 1500),
+            ("expired sessions", 1200),
+            ("idle sessions", 1100),
+            ("rotated refresh tokens", 2100),
+            ("security events", 2300),
+            ("sealed successors", 1300),
+        ]
+    );
+    let count = |sql: &'static str| {
+        let pg = pg.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(sql)
+                .fetch_one(&pg)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(count("select count(*) from session").await, 3 + 4);
+    assert_eq!(
+        count("select count(*) from session where revoked_at is null").await,
+        4
+    );
+    assert_eq!(
+        count("select count(*) from refresh_token").await,
+        1 + 1300 + 2
+    );
+    assert_eq!(
+        count("select count(*) from refresh_token where child_sealed is not null").await,
+        2
+    );
+    assert_eq!(count("select count(*) from security_event").await, 5);
+    pg.close().await;
+}
