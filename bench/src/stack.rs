@@ -293,6 +293,11 @@ pub async fn serve_bundle(
         .expect("writing the workerd config");
     let mut command = Command::new(&settings.workerd_bin);
     command.arg("serve").arg(&config).arg("--experimental");
+    // `BENCH_INSPECTOR=9229`: the V8 inspector on that port, to profile the edge's
+    // isolate while the load runs (with `BENCH_ONLY=edge`: one workerd at a time).
+    if let Ok(port) = std::env::var("BENCH_INSPECTOR") {
+        command.arg(format!("--inspector-addr=127.0.0.1:{port}"));
+    }
     let mut workerd = Process::spawn("workerd", command);
     let url = format!("http://127.0.0.1:{port}");
     // The JWKS passes through the edge to the origin: healthy means both answer.
