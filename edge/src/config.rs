@@ -46,6 +46,11 @@ pub struct Config {
     pub static_keys: Option<std::rc::Rc<KeySet>>,
     /// Time budget of each subrequest to the store or the origin's check, ms.
     pub store_timeout_ms: u64,
+    /// The edge's own time budget for a forwarded request's answer, ms
+    /// (`FORWARD_TIMEOUT_MS`, default 0: none, the request waits as long as the client
+    /// and the platform do). A budget answers 504 when it runs out, but its timer costs
+    /// every forwarded request workerd CPU (README, "Edge speed").
+    pub forward_timeout_ms: u64,
     /// Least time between two JWKS fetches caused by an unknown `kid`, seconds.
     pub jwks_refetch_secs: u64,
     /// How long a fetched key set may still be used past its `max-age` while the
@@ -139,6 +144,7 @@ impl Config {
             keys: ProofKeys::derive(edge_secret.as_bytes()),
             static_keys,
             store_timeout_ms: number("STORE_TIMEOUT_MS", 1000, 1..=30_000)?,
+            forward_timeout_ms: number("FORWARD_TIMEOUT_MS", 0, 0..=300_000)?,
             jwks_refetch_secs: number("JWKS_REFETCH_SECS", 60, 1..=86_400)?,
             jwks_stale_secs: number("JWKS_STALE_SECS", 300, 0..=86_400)?,
         })
@@ -211,6 +217,13 @@ mod tests {
         assert_eq!(config.jwks_stale_secs, 300);
         assert_eq!(config.key_prefix, "auth:");
         assert_eq!(config.store_timeout_ms, 1000);
+        assert_eq!(config.forward_timeout_ms, 0, "no forward budget of its own");
+        assert_eq!(
+            with(&[("FORWARD_TIMEOUT_MS", "10000")])
+                .unwrap()
+                .forward_timeout_ms,
+            10_000
+        );
         assert!(matches!(config.store, StoreKind::Upstash { .. }));
     }
 
@@ -267,6 +280,8 @@ mod tests {
             ("UPSTASH_URL", "https://user@redis.example"),
             ("STORE_TIMEOUT_MS", "0"),
             ("STORE_TIMEOUT_MS", "1s"),
+            ("FORWARD_TIMEOUT_MS", "300001"),
+            ("FORWARD_TIMEOUT_MS", "10s"),
             ("TOKEN_LEEWAY_SECS", "-1"),
             ("JWKS_REFETCH_SECS", "0"),
             ("JWKS_STALE_SECS", "many"),

@@ -18,9 +18,6 @@ use crate::forward;
 use crate::request::{self, BodySize};
 use crate::route::Route;
 
-/// Budget of a forwarded request (origin pass-through and upstream), ms.
-pub const FORWARD_TIMEOUT_MS: u32 = 10_000;
-
 /// A request as the entry sees it, before any decision.
 #[derive(Clone, Copy, Debug)]
 pub struct Incoming<'a> {
@@ -45,6 +42,8 @@ pub struct ForwardPlan {
     pub drop: Vec<String>,
     /// Headers to set (the address, time and proof).
     pub set: Vec<(&'static str, String)>,
+    /// The edge's own time budget for the answer, ms; 0: none (`FORWARD_TIMEOUT_MS`).
+    pub timeout_ms: u64,
 }
 
 impl ForwardPlan {
@@ -55,9 +54,10 @@ impl ForwardPlan {
     /// times and base64url.
     pub fn encode(&self) -> String {
         let mut out = format!(
-            "F\t{}\t{}\t{FORWARD_TIMEOUT_MS}\n{}",
+            "F\t{}\t{}\t{}\n{}",
             self.url,
             u8::from(self.body),
+            self.timeout_ms,
             self.drop.join("\t")
         );
         for (name, value) in &self.set {
@@ -102,7 +102,7 @@ pub fn forward_plan(config: &Config, incoming: &Incoming<'_>, now: u64) -> Optio
                 &config.origin_authority[..],
                 &config.keys.origin,
             );
-            plan_to(to, true, None, incoming, now)
+            plan_to(to, true, None, incoming, now, config.forward_timeout_ms)
         }
         Route::Public => {
             let to = (
@@ -116,6 +116,7 @@ pub fn forward_plan(config: &Config, incoming: &Incoming<'_>, now: u64) -> Optio
                 None,
                 incoming,
                 now,
+                config.forward_timeout_ms,
             )
         }
         Route::Protected | Route::KvSync | Route::NotFound => None,
@@ -144,7 +145,14 @@ pub fn forward_with_identity(
         &config.upstream_authority[..],
         &config.keys.upstream,
     );
-    plan_to(to, false, Some(identity), incoming, now)
+    plan_to(
+        to,
+        false,
+        Some(identity),
+        incoming,
+        now,
+        config.forward_timeout_ms,
+    )
 }
 
 fn plan_to(
@@ -153,6 +161,7 @@ fn plan_to(
     identity: Option<Identity<'_>>,
     incoming: &Incoming<'_>,
     now: u64,
+    timeout_ms: u64,
 ) -> Option<ForwardPlan> {
     let method = incoming.method;
     let (_, path_and_query) = forward::split_url(incoming.url)?;
@@ -176,6 +185,7 @@ fn plan_to(
         body: request::has_body(method),
         drop,
         set,
+        timeout_ms,
     })
 }
 
@@ -344,6 +354,7 @@ mod tests {
             body: true,
             drop: vec!["host".into(), "x-auth-a".into()],
             set: vec![(header::TIME, "1000".into()), (header::PROOF, "abc".into())],
+            timeout_ms: 10_000,
         };
         assert_eq!(
             plan.encode(),

@@ -21,7 +21,7 @@ use crate::analytics::{self, Cache, Missing, Outcome, Reason, Via};
 use crate::cache::{KeyCache, KeyLookup, VerifiedCache, jwks_max_age, peek_kid};
 use crate::config::{Config, StoreKind};
 use crate::cors::{Cors, Preflight};
-use crate::plan::{FORWARD_TIMEOUT_MS, Incoming};
+use crate::plan::Incoming;
 use crate::reply::Reply;
 use crate::request::{BodySize, Credentials, has_body, is_forwarded_method};
 use crate::route::Route;
@@ -273,6 +273,7 @@ pub async fn check_unknown(
         method: &method,
         path_and_query,
         client_ip: client_ip(&req),
+        timeout_ms: config.forward_timeout_ms,
     };
     let mut timings = Timings {
         cache: if cache_hit { Cache::Hit } else { Cache::Miss },
@@ -484,6 +485,7 @@ async fn handle(
         method,
         path_and_query,
         client_ip: client_ip(raw),
+        timeout_ms: config.forward_timeout_ms,
     };
     match route {
         Route::Origin => {
@@ -602,17 +604,19 @@ fn client_ip(raw: &web_sys::Request) -> String {
         .unwrap_or_else(|| forward::UNKNOWN_CLIENT_IP.into())
 }
 
-/// What a forwarded request is: its method, path with raw query, and the client.
+/// What a forwarded request is: its method, path with raw query, and the client; and
+/// the edge's budget for its answer (ms, 0: none).
 struct Target<'a> {
     method: &'a str,
     path_and_query: &'a str,
     client_ip: String,
+    timeout_ms: u64,
 }
 
 /// Sends the request to `base` + its path and query: headers a client may not set are
 /// removed (and `authorization` unless `keep_authorization`), the client's address
 /// (and on a protected path the identity) added with a proof for `base`'s `authority`
-/// signed by `key`, redirects not followed, within [`FORWARD_TIMEOUT_MS`].
+/// signed by `key`, redirects not followed, within the target's budget if it has one.
 async fn send(
     raw: &web_sys::Request,
     target: &Target<'_>,
@@ -649,9 +653,10 @@ async fn send(
     init.set_method(target.method);
     init.set_headers(&headers);
     init.set_redirect(web_sys::RequestRedirect::Manual);
-    init.set_signal(Some(&web_sys::AbortSignal::timeout_with_u32(
-        FORWARD_TIMEOUT_MS,
-    )));
+    if target.timeout_ms > 0 {
+        let budget = u32::try_from(target.timeout_ms).unwrap_or(u32::MAX);
+        init.set_signal(Some(&web_sys::AbortSignal::timeout_with_u32(budget)));
+    }
     if let Some(body) = body {
         init.set_body(&body);
     }

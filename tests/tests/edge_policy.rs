@@ -319,6 +319,46 @@ async fn a_hundred_hostile_requests_each_get_an_answer_while_valid_ones_all_succ
 
 /// Writes a signing key file the origin's `SIGNING_KEYS_DIR` reads: `<kid>.key`
 /// holding a base64url seed.
+/// `FORWARD_TIMEOUT_MS` (default none: a timer on every forward costs CPU) bounds the
+/// wait for an upstream that accepts and never answers: 504 `gateway_timeout`, on a
+/// public path and on a protected one alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forward_budget_when_set_answers_504_for_an_upstream_that_never_answers() {
+    // An upstream that takes connections and reads them, and never writes a byte.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let holder = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = silent.accept().await {
+            held.push(stream);
+        }
+    });
+    let stack = Stack::start(Options {
+        edge_vars: vec![
+            ("UPSTREAM_URL", format!("http://127.0.0.1:{port}")),
+            ("PUBLIC_PATHS", "/public".into()),
+            ("FORWARD_TIMEOUT_MS", "1000".into()),
+        ],
+        ..Options::default()
+    })
+    .await;
+    let (_, _, tokens) = stack.user().await;
+    let token = access(&tokens);
+
+    for (path, bearer) in [("/public/page", None), ("/api/me", Some(token.as_str()))] {
+        let started = Instant::now();
+        let (status, body, _) = stack.get(&stack.edge, path, bearer, &[]).await;
+        let waited = started.elapsed();
+        assert_eq!(status, 504, "{path}: {body}\n{}", stack.logs());
+        assert_eq!(body["error"], "gateway_timeout", "{path}");
+        assert!(
+            waited >= Duration::from_millis(900) && waited < Duration::from_secs(10),
+            "{path}: answered after {waited:?}"
+        );
+    }
+    holder.abort();
+}
+
 fn write_key(dir: &std::path::Path, kid: &str) {
     use base64::Engine as _;
     let seed: Vec<u8> = (0..32)
