@@ -66,9 +66,16 @@ function forward(request, step) {
 // Imported WebCrypto keys by their raw bytes (hex), never by `kid`.
 const cryptoKeys = new Map();
 
+// Lower-case hex (plan::hex) to bytes; a digit's value from its char code, without a
+// substring and a parseInt per byte.
+function nibble(code) {
+  return code < 97 ? code - 48 : code - 87;
+}
 function bytes(hex) {
   const out = new Uint8Array(hex.length / 2);
-  for (let i = 0; i < out.length; i++) out[i] = parseInt(hex.substr(2 * i, 2), 16);
+  for (let i = 0; i < out.length; i++) {
+    out[i] = (nibble(hex.charCodeAt(2 * i)) << 4) | nibble(hex.charCodeAt(2 * i + 1));
+  }
   return out;
 }
 

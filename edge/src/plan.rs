@@ -53,13 +53,18 @@ impl ForwardPlan {
     /// and header names cannot, and the values are ids, scopes, addresses, decimal
     /// times and base64url.
     pub fn encode(&self) -> String {
-        let mut out = format!(
-            "F\t{}\t{}\t{}\n{}",
-            self.url,
-            u8::from(self.body),
-            self.timeout_ms,
-            self.drop.join("\t")
-        );
+        let mut out = String::with_capacity(256);
+        out.push_str("F\t");
+        out.push_str(&self.url);
+        out.push_str(if self.body { "\t1\t" } else { "\t0\t" });
+        out.push_str(&self.timeout_ms.to_string());
+        out.push('\n');
+        for (i, name) in self.drop.iter().enumerate() {
+            if i > 0 {
+                out.push('\t');
+            }
+            out.push_str(name);
+        }
         for (name, value) in &self.set {
             out.push('\n');
             out.push_str(name);
@@ -206,8 +211,15 @@ pub fn read_step(url: &str, token: &str, budget_ms: u64, body: &str) -> String {
     format!("S\t{url}\t{budget_ms}\tBearer {token}\n{body}")
 }
 
+/// Lower-case hex, by table: a `format!` per byte was 2 % of a verifying request's CPU.
 pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(2 * bytes.len());
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
+    }
+    out
 }
 
 /// The bytes of lower-case hex `text` of exactly `N` bytes.
@@ -417,6 +429,9 @@ mod tests {
         assert_eq!(parts[0], "V");
         assert_eq!(unhex::<32>(parts[1]), Some([0xab; 32]));
         assert_eq!(unhex::<64>(parts[2]), Some([1; 64]));
+        assert_eq!(hex(&[0x00, 0x0f, 0xf0, 0xff, 0x5a]), "000ff0ff5a");
+        let all: Vec<u8> = (0..=255).collect();
+        assert_eq!(unhex::<256>(&hex(&all)).map(Vec::from), Some(all));
         assert_eq!(unhex::<2>("abc"), None);
         assert_eq!(unhex::<2>("zzzz"), None);
         assert_eq!(
