@@ -483,12 +483,7 @@ impl Bench {
                     format!(
                         "refreshes/s, {label} via HAProxy, {connections} connections (p50/p99)"
                     ),
-                    format!(
-                        "{:.0}/s, {:.1}/{:.1} ms",
-                        run.rate(),
-                        run.p50_ms,
-                        run.p99_ms
-                    ),
+                    run.figure(),
                     "",
                     None,
                 );
@@ -547,12 +542,7 @@ impl Bench {
             self.row(
                 "cluster",
                 format!("edge-validated requests/s, store on the cluster, {label} (p50/p99)"),
-                format!(
-                    "{:.0}/s, {:.2}/{:.2} ms",
-                    run.rate(),
-                    run.p50_ms,
-                    run.p99_ms
-                ),
+                run.figure(),
                 "",
                 None,
             );

@@ -382,26 +382,21 @@ impl Bench {
         self.row(
             "edge",
             "forwarding, no validation (req/s, p50/p99)",
-            format!("{:.0}/s, {:.2}/{:.2} ms", f.rate(), f.p50_ms, f.p99_ms),
+            f.figure(),
             "",
             None,
         );
         self.row(
             "edge",
             "validated, token cache warm (req/s, p50/p99)",
-            format!("{:.0}/s, {:.2}/{:.2} ms", v.rate(), v.p50_ms, v.p99_ms),
+            v.figure(),
             "",
             None,
         );
         self.row(
             "edge",
             "validated, cache cold (req/s, p50/p99)",
-            format!(
-                "{:.0}/s, {:.2}/{:.2} ms",
-                cold_run.rate(),
-                cold_run.p50_ms,
-                cold_run.p99_ms
-            ),
+            cold_run.figure(),
             "",
             None,
         );
@@ -412,25 +407,24 @@ impl Bench {
             "≥ 80%",
             Some(ratio >= 0.8),
         );
-        let rate = |r: &wrk::Run| format!("{:.0}/s, {:.2}/{:.2} ms", r.rate(), r.p50_ms, r.p99_ms);
         self.row(
             "edge",
             "JS reference (a), pass-through (req/s, p50/p99)",
-            rate(&ra),
+            ra.figure(),
             "",
             None,
         );
         self.row(
             "edge",
             "JS reference (b), jose + one REST read, one token (req/s, p50/p99)",
-            rate(&rb),
+            rb.figure(),
             "",
             None,
         );
         self.row(
             "edge",
             "JS reference (b), distinct tokens (req/s, p50/p99)",
-            rate(&ref_cold),
+            ref_cold.figure(),
             "",
             None,
         );
@@ -460,7 +454,7 @@ impl Bench {
         self.row(
             "edge",
             "JS reference (c), the floor: the REST read + forward, no checks (req/s; CPU)",
-            format!("{}; {:.3} ms", rate(&floor), floor.cpu_ms),
+            format!("{}; {:.3} ms", floor.figure(), floor.cpu_ms),
             "",
             None,
         );
@@ -654,12 +648,7 @@ impl Bench {
             self.row(
                 "origin",
                 format!("refreshes/s at {connections} connections (p50/p99)"),
-                format!(
-                    "{:.0}/s, {:.1}/{:.1} ms",
-                    run.rate(),
-                    run.p50_ms,
-                    run.p99_ms
-                ),
+                run.figure(),
                 "≥ 1500/s",
                 Some(run.rate() >= 1500.0),
             );
@@ -890,12 +879,7 @@ impl Bench {
         self.row(
             "origin",
             "bearer validations/s at the origin, /api/me (p50/p99)",
-            format!(
-                "{:.0}/s, {:.2}/{:.2} ms",
-                run.rate(),
-                run.p50_ms,
-                run.p99_ms
-            ),
+            run.figure(),
             "",
             None,
         );

@@ -25,6 +25,16 @@ impl Run {
     pub fn rate(&self) -> f64 {
         self.requests as f64 / self.seconds
     }
+
+    /// The rate with its median and 99th-percentile latency, as the tables show them.
+    pub fn figure(&self) -> String {
+        format!(
+            "{:.0}/s, {:.2}/{:.2} ms",
+            self.rate(),
+            self.p50_ms,
+            self.p99_ms
+        )
+    }
 }
 
 pub struct Load<'a> {

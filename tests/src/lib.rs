@@ -55,6 +55,25 @@ pub fn random_hex() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// A pseudo-random number below `n` (test pacing only).
+pub fn random_below(n: u64) -> u64 {
+    u64::from_str_radix(&random_hex(), 16).unwrap() % n
+}
+
+/// GET /api/me through the edge: the status, or 0 when the request itself failed.
+pub async fn me_status(http: &reqwest::Client, edge: &str, token: &str) -> u16 {
+    match http
+        .get(format!("{edge}/api/me"))
+        .bearer_auth(token)
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+    {
+        Ok(r) => r.status().as_u16(),
+        Err(_) => 0,
+    }
+}
+
 /// A child process whose output is kept, killed on drop with every process it
 /// started (its own process group: `wrangler dev` starts workerd and esbuild, which
 /// would otherwise outlive it).

@@ -11,7 +11,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use e2e::{Options, Stack, ThrowawayPostgres, ThrowawayRedis, claims_of, random_hex, rss_kib};
+use e2e::{
+    Options, Stack, ThrowawayPostgres, ThrowawayRedis, claims_of, me_status, random_below, rss_kib,
+};
 use serde_json::{Value, json};
 
 /// One scenario at a time: each measures the machine (rates, latencies, memory), and
@@ -36,25 +38,6 @@ fn env_u64(name: &str, default: u64) -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-/// A pseudo-random number below `n` (test pacing only).
-fn random_below(n: u64) -> u64 {
-    u64::from_str_radix(&random_hex(), 16).unwrap() % n
-}
-
-/// GET /api/me through the edge: the status, or 0 when the request itself failed.
-async fn me_status(http: &reqwest::Client, edge: &str, token: &str) -> u16 {
-    match http
-        .get(format!("{edge}/api/me"))
-        .bearer_auth(token)
-        .timeout(Duration::from_secs(10))
-        .send()
-        .await
-    {
-        Ok(r) => r.status().as_u16(),
-        Err(_) => 0,
-    }
 }
 
 async fn post_status(http: &reqwest::Client, url: String, body: Value) -> (u16, Value) {

@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use e2e::cluster::ScaleOut;
-use e2e::{Options, Stack, claims_of, random_hex};
+use e2e::{Options, Stack, claims_of, me_status, random_below};
 use serde_json::{Value, json};
 use shared::session::{freshness_key, is_fresh, session_key};
 
@@ -74,25 +74,6 @@ fn ids(token: &str) -> (String, String) {
         claims["sub"].as_str().unwrap().to_string(),
         claims["sid"].as_str().unwrap().to_string(),
     )
-}
-
-/// A pseudo-random number below `n` (test pacing only).
-fn random_below(n: u64) -> u64 {
-    u64::from_str_radix(&random_hex(), 16).unwrap() % n
-}
-
-/// GET /api/me through the edge: the status, or 0 when the request itself failed.
-async fn me_status(http: &reqwest::Client, edge: &str, token: &str) -> u16 {
-    match http
-        .get(format!("{edge}/api/me"))
-        .bearer_auth(token)
-        .timeout(Duration::from_secs(10))
-        .send()
-        .await
-    {
-        Ok(r) => r.status().as_u16(),
-        Err(_) => 0,
-    }
 }
 
 async fn post(
