@@ -452,6 +452,72 @@ async fn writes_paused_across_a_refresh_and_a_logout_from_two_origins_leave_the_
     assert_eq!(code, 0, "{report}");
 }
 
+/// Expected: a write that lands late never brings back what a newer write ended.
+/// Origin b reaches Redis over a link that holds what b sends for 3 s, so its write
+/// times out at b and lands later, as a SET delayed on the network would. b rotates a
+/// token; then a logs that session out: the tombstone lands first and b's older record
+/// 3 s later, and is refused. Polled every 20 ms from the logout until well after, the
+/// store never holds an active record of the session. (With writes paused instead, as
+/// in the test above, Redis applies the writes in the order they came, tombstone last,
+/// so that test passes without versions too: here the order is reversed.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_written_late_over_a_slow_link_does_not_bring_back_the_logged_out_session() {
+    let own = common::OwnRedis::start();
+    let link = common::SlowLink::start(own.port).await;
+    let a = Origin::start_with(&[("REDIS_URL", &own.url())]).await;
+    let b = a.sibling_with(&[("REDIS_URL", &link.url())]).await;
+    let user = a.new_user().await;
+    let t0 = a.login_ok(&user.username, &user.password).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await; // partitions built
+    link.delay(3000);
+    let refreshed = common::Reply::from(
+        a.http
+            .post(format!("{}/auth/refresh", b.base))
+            .json(&serde_json::json!({ "refresh_token": t0.refresh() }))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(refreshed.status, StatusCode::OK, "{}", refreshed.text());
+    let t1 = common::Tokens(refreshed.json());
+    let logout = a
+        .bearer(reqwest::Method::POST, "/auth/logout", t1.access())
+        .await;
+    assert_eq!(logout.status, StatusCode::NO_CONTENT, "{}", logout.text());
+    let key = a.session_key(&t1.sub(), &t1.sid());
+    let until = Instant::now() + Duration::from_secs(6);
+    let mut polls = 0;
+    while Instant::now() < until {
+        let stored = a.stored(&key).await;
+        assert!(
+            !matches!(stored, Some(shared::session::Stored::Active(_))),
+            "{:.1} s after the logout the store holds an active record again: {stored:?}",
+            6.0 - until.duration_since(Instant::now()).as_secs_f64()
+        );
+        polls += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!(
+        "late write over a slow link: {polls} reads of the store after the logout, none active; now {:?}",
+        a.stored(&key).await
+    );
+    link.delay(0);
+    assert_eq!(a.me(t1.access()).await.status, StatusCode::UNAUTHORIZED);
+    let me_b = common::Reply::from(
+        a.http
+            .get(format!("{}/api/me", b.base))
+            .bearer_auth(t1.access())
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(me_b.status, StatusCode::UNAUTHORIZED, "{}", me_b.text());
+    let (code, report) = a.check_consistency();
+    assert_eq!(code, 0, "{report}");
+}
+
 /// Expected: a refresh no longer holds its row lock and pool connection while it waits
 /// on Redis, so with Redis writes paused 3 s, 200 refreshes at once do not drain the
 /// pool (16 connections, 3 s acquire timeout) and a login sent meanwhile is answered.

@@ -835,9 +835,16 @@ pub struct Sibling {
 
 impl Origin {
     pub async fn sibling(&self) -> Sibling {
+        self.sibling_with(&[]).await
+    }
+
+    /// A sibling with `extra` overriding this origin's environment (another way to
+    /// its Redis, say).
+    pub async fn sibling_with(&self, extra: &[(&str, &str)]) -> Sibling {
         let addr = format!("127.0.0.1:{}", free_port());
         let mut child = Command::new(env!("CARGO_BIN_EXE_origin"))
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .envs(extra.iter().copied())
             .env("LISTEN_ADDR", &addr)
             .env("OPS_LISTEN_ADDR", format!("127.0.0.1:{}", free_port()))
             .stdin(Stdio::null())
@@ -894,5 +901,80 @@ impl Drop for Sibling {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A TCP link to `target` that can hold what the client sends for a while: bytes that
+/// arrive while a delay is set are delivered that much later, in order, even after the
+/// client has hung up (a write that timed out at its sender and lands late). The
+/// answers come back at once. Stops when dropped.
+pub struct SlowLink {
+    pub port: u16,
+    delay_ms: Arc<std::sync::atomic::AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SlowLink {
+    pub async fn start(target: u16) -> SlowLink {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let delay_ms = Arc::new(AtomicU64::new(0));
+        let delay = delay_ms.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await else {
+                    continue;
+                };
+                let (mut client_read, mut client_write) = client.into_split();
+                let (mut server_read, mut server_write) = server.into_split();
+                let (queue, mut queued) =
+                    tokio::sync::mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
+                let delay = delay.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    while let Ok(n @ 1..) = client_read.read(&mut buf).await {
+                        let due =
+                            Instant::now() + Duration::from_millis(delay.load(Ordering::Relaxed));
+                        if queue.send((due, buf[..n].to_vec())).is_err() {
+                            break;
+                        }
+                    }
+                });
+                tokio::spawn(async move {
+                    while let Some((due, bytes)) = queued.recv().await {
+                        tokio::time::sleep_until(due.into()).await;
+                        if server_write.write_all(&bytes).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut server_read, &mut client_write).await;
+                });
+            }
+        });
+        SlowLink {
+            port,
+            delay_ms,
+            task,
+        }
+    }
+
+    /// Holds what the client sends from now on for `ms` (0: none).
+    pub fn delay(&self, ms: u64) {
+        self.delay_ms
+            .store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for SlowLink {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
