@@ -223,30 +223,11 @@ async fn run(config: Config) -> Result<(), String> {
     Ok(())
 }
 
-/// How long a pooled connection may sit idle before it is tested on its next use.
-const TEST_IDLE_CONNECTION_AFTER: Duration = Duration::from_secs(1);
-
 /// Waits up to 30 s for Postgres at start (containers often start together).
 async fn connect_db(url: &str) -> Result<sqlx::PgPool, String> {
     let options = PgPoolOptions::new()
         .max_connections(16)
-        .acquire_timeout(Duration::from_secs(3))
-        // By default sqlx tests every pooled connection before each use: one more round
-        // trip to Postgres per statement (besides the one it makes on each release), a
-        // refresh's one statement became two waits and two wake-ups of its backend.
-        // Only a connection idle long enough to have been cut (a Postgres restart, an
-        // idle timeout on the way) is tested now; one in steady use proves itself by
-        // being used, and if Postgres went away under it the statement fails as 503
-        // (`ApiError::from(sqlx::Error)`) and the release's test drops the connection.
-        .test_before_acquire(false)
-        .before_acquire(|conn, meta| {
-            Box::pin(async move {
-                if meta.idle_for >= TEST_IDLE_CONNECTION_AFTER {
-                    sqlx::Connection::ping(conn).await?;
-                }
-                Ok(true)
-            })
-        });
+        .acquire_timeout(Duration::from_secs(3));
     let mut last = String::new();
     for _ in 0..30 {
         match options.clone().connect(url).await {
