@@ -643,7 +643,33 @@ impl EvictingRedis {
             .stdout(std::process::Stdio::null())
             .spawn()
             .expect("redis-server (install Redis)");
-        EvictingRedis(child)
+        let mut redis = EvictingRedis(child);
+        // The origin must meet this server and no other: it answers, and it is the one
+        // that evicts (a server of another test on the port would say noeviction).
+        let started = Instant::now();
+        loop {
+            if let Some(status) = redis.0.try_wait().unwrap() {
+                panic!("redis-server on port {port} exited ({status}): is the port taken?");
+            }
+            let policy = redis::Client::open(format!("redis://127.0.0.1:{port}"))
+                .and_then(|client| client.get_connection())
+                .and_then(|mut conn| {
+                    redis::cmd("CONFIG")
+                        .arg("GET")
+                        .arg("maxmemory-policy")
+                        .query::<Vec<String>>(&mut conn)
+                });
+            match policy {
+                Ok(answer) => {
+                    assert_eq!(answer.get(1).map(String::as_str), Some("allkeys-lru"));
+                    return redis;
+                }
+                Err(_) if started.elapsed() < Duration::from_secs(10) => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => panic!("redis-server on port {port} did not answer: {e}"),
+            }
+        }
     }
 }
 
@@ -681,18 +707,23 @@ async fn an_origin_refuses_a_redis_that_evicts_keys() {
     };
     let wait_for_exit = |mut child: std::process::Child, what: &str| {
         let started = Instant::now();
+        let mut ran_on = false;
         while child.try_wait().unwrap().is_none() {
             if started.elapsed() > Duration::from_secs(20) {
                 let _ = child.kill();
-                panic!("{what}: the origin kept running");
+                ran_on = true;
+                break;
             }
             std::thread::sleep(Duration::from_millis(100));
         }
         let output = child.wait_with_output().unwrap();
-        assert!(!output.status.success(), "{what}");
-        // The log goes to stdout, the final error to stderr.
         let text = String::from_utf8_lossy(&output.stdout).to_string()
             + &String::from_utf8_lossy(&output.stderr);
+        assert!(
+            !ran_on,
+            "{what}: the origin kept running 20 s; its log:\n{text}"
+        );
+        assert!(!output.status.success(), "{what}");
         assert!(
             text.contains("maxmemory-policy must be noeviction") && text.contains("allkeys-lru"),
             "{what}: {text}"

@@ -34,12 +34,33 @@ pub fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// A port on 127.0.0.1 that nothing listens on now, for a server a test starts.
+///
+/// Taken below the kernel's ephemeral range (`ip_local_port_range`), not by binding
+/// port 0. Tests leave these ports unbound for seconds: before a server starts (the
+/// origin is started against a Redis that comes later) and while one restarts on the
+/// same port. A port from the ephemeral range can meanwhile become the source port of
+/// any outgoing connection on the machine, or another test's `bind(0)` can be handed
+/// it, and the server then cannot bind, or a sibling's server answers in its place.
+/// Below that range only a test's own choice puts a socket on it. Each port is handed
+/// out once per process.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let lowest_ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    // Ports from 10,000 up: the well-known services' (5432, 6379, 8787, 9090) stay clear.
+    let (low, high) = (10_000, lowest_ephemeral.max(12_000));
+    for _ in 0..1_000 {
+        let port = low + random_below(u64::from(high - low)) as u16;
+        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+        if !given.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.push(port);
+            return port;
+        }
+    }
+    panic!("no free port between {low} and {high} after 1,000 tries");
 }
 
 fn env_or(name: &str, default: &str) -> String {

@@ -16,7 +16,6 @@
 #![allow(dead_code)] // each test binary uses its own part of the harness
 
 use std::io::Read;
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -47,12 +46,9 @@ pub fn random_hex() -> String {
     uuid::Uuid::new_v4().simple().to_string()
 }
 
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind 127.0.0.1:0")
-        .port()
-}
+/// Below the kernel's ephemeral range, so nothing else takes it while a test leaves it
+/// unbound (a Redis started later, or restarted on the same port).
+pub use e2e::free_port;
 
 /// A database created for one test and dropped when the test ends, also on panic.
 pub struct TestDb {
