@@ -59,7 +59,7 @@ pub fn failed_reply(name: &str) -> crate::reply::Reply {
 /// and their proof, for a request to `method` `path_and_query` at `authority` (the
 /// receiver's `host:port`) at `now`, signed with the key of the receiver's purpose.
 pub fn proof_headers(
-    key: &[u8; 32],
+    key: &shared::proof::MacKey,
     authority: &str,
     method: &str,
     path_and_query: &str,

@@ -161,7 +161,7 @@ pub fn forward_with_identity(
 }
 
 fn plan_to(
-    (base, authority, key): (&str, &str, &[u8; 32]),
+    (base, authority, key): (&str, &str, &shared::proof::MacKey),
     keep_authorization: bool,
     identity: Option<Identity<'_>>,
     incoming: &Incoming<'_>,

@@ -118,7 +118,7 @@ pub enum Refused {
 
 /// Checks the proof headers against the body, then parses the operations.
 pub fn parse(
-    key: &[u8; 32],
+    key: &proof::MacKey,
     prefix: &str,
     time: Option<&str>,
     given: Option<&str>,
@@ -185,13 +185,15 @@ mod tests {
     use super::*;
     use shared::session::SessionRecord;
 
-    const KEY: &[u8; 32] = b"0123456789abcdef0123456789abcdef";
+    fn key() -> proof::MacKey {
+        proof::MacKey::new(b"0123456789abcdef0123456789abcdef")
+    }
     const NOW_MS: u64 = 1_000_000_000;
 
     fn signed(body: &str, time: u64) -> (String, String) {
         (
             time.to_string(),
-            proof::sign_message(KEY, CONTEXT, time, body.as_bytes()),
+            proof::sign_message(&key(), CONTEXT, time, body.as_bytes()),
         )
     }
 
@@ -224,7 +226,7 @@ mod tests {
         let body = r#"{"ops":[{"op":"put","key":"auth:sess:{p0001}:u:s","value":"{}","ver":3,"expire_at_ms":5},{"op":"max","key":"auth:nbf:{p0001}:u","value":"77","expire_at_ms":6},{"op":"marker","key":"auth:fresh:kv"}]}"#;
         let (time, given) = signed(body, 100);
         let ops = parse(
-            KEY,
+            &key(),
             "auth:",
             Some(&time),
             Some(&given),
@@ -310,12 +312,12 @@ mod tests {
         let body = r#"{"ops":[{"op":"marker","key":"auth:x"}]}"#;
         let (time, given) = signed(body, 100);
         assert_eq!(
-            parse(KEY, "auth:", None, None, body.as_bytes(), 100),
+            parse(&key(), "auth:", None, None, body.as_bytes(), 100),
             Err(Refused::Unauthenticated)
         );
         assert_eq!(
             parse(
-                KEY,
+                &key(),
                 "auth:",
                 Some(&time),
                 Some(&given),
@@ -326,7 +328,7 @@ mod tests {
         );
         assert_eq!(
             parse(
-                KEY,
+                &key(),
                 "auth:",
                 Some(&time),
                 Some(&given),
@@ -337,7 +339,7 @@ mod tests {
         );
         assert_eq!(
             parse(
-                b"another key of thirty-two bytes!",
+                &proof::MacKey::new(b"another key of thirty-two bytes!"),
                 "auth:",
                 Some(&time),
                 Some(&given),
@@ -363,7 +365,7 @@ mod tests {
             assert!(
                 matches!(
                     parse(
-                        KEY,
+                        &key(),
                         "auth:",
                         Some(&time),
                         Some(&given),

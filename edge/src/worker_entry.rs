@@ -621,7 +621,7 @@ async fn send(
     raw: &web_sys::Request,
     target: &Target<'_>,
     (base, authority): (&str, &str),
-    key: &[u8; 32],
+    key: &shared::proof::MacKey,
     identity: Option<Identity<'_>>,
     keep_authorization: bool,
     body: Option<JsValue>,

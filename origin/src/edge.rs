@@ -69,7 +69,7 @@ pub struct Vouched {
 /// Checks the edge's headers on a request against `key` and this receiver's
 /// `authority` at `now`. `None` when they are absent, malformed, stale, or made for
 /// another receiver, method, path, query, address, identity or purpose.
-pub fn vouched(parts: &Parts, key: &[u8; 32], authority: &str, now: u64) -> Option<Vouched> {
+pub fn vouched(parts: &Parts, key: &proof::MacKey, authority: &str, now: u64) -> Option<Vouched> {
     let get = |name: &str| {
         let mut values = parts.headers.get_all(name).iter();
         let value = values.next()?.to_str().ok()?;

@@ -362,13 +362,13 @@ struct Scripts {
 #[derive(Clone)]
 pub struct KvSync {
     url: String,
-    key: [u8; 32],
+    key: shared::proof::MacKey,
     http: reqwest::Client,
     marker_pushed: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl KvSync {
-    pub fn new(url: String, key: [u8; 32]) -> Self {
+    pub fn new(url: String, key: shared::proof::MacKey) -> Self {
         KvSync {
             url,
             key,

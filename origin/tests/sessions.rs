@@ -382,7 +382,7 @@ async fn identity_headers_sent_straight_to_the_origin_grant_nothing() {
         scope: &scope,
     };
     let authority = origin.authority();
-    let sign_for = |authority: &str, key: &[u8; 32], path: &str, time: u64| {
+    let sign_for = |authority: &str, key: &shared::proof::MacKey, path: &str, time: u64| {
         RequestProof {
             authority,
             method: "GET",
@@ -393,7 +393,8 @@ async fn identity_headers_sent_straight_to_the_origin_grant_nothing() {
         }
         .sign(key)
     };
-    let sign = |key: &[u8; 32], path: &str, time: u64| sign_for(&authority, key, path, time);
+    let sign =
+        |key: &shared::proof::MacKey, path: &str, time: u64| sign_for(&authority, key, path, time);
     let other_service = sign_for("billing.internal:443", &keys.upstream, "/api/me", now);
     let other_secret = sign(
         &ProofKeys::derive(b"not the edge secret, not the edge secret").upstream,
