@@ -637,16 +637,16 @@ impl Store {
             }
         }
         for p in publications {
+            let key = session_key(&self.prefix, &p.sub, &p.sid);
             let mut write = redis::cmd("EVAL");
             write
                 .arg(PUT_IF_NEWER)
                 .arg(1)
-                .arg(session_key(&self.prefix, &p.sub, &p.sid))
+                .arg(&key)
                 .arg(p.ver)
                 .arg(&p.value)
                 .arg(p.expire_at_ms)
                 .arg(u8::from(self.is_cluster()));
-            let key = session_key(&self.prefix, &p.sub, &p.sid);
             self.write_replicated("publish session", &key, write)
                 .await?;
         }
