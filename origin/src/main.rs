@@ -159,6 +159,7 @@ async fn run(config: Config) -> Result<(), String> {
     );
     let state = AppState {
         publisher,
+        lane: origin::db::lane::Lane::new(db.clone(), LANE_SIZE),
         db,
         throttle: Arc::new(Throttle::new(store.clone())),
         store,
@@ -223,10 +224,15 @@ async fn run(config: Config) -> Result<(), String> {
     Ok(())
 }
 
+/// The origin's Postgres connections: 16, half in the pool, half in the refresh lane
+/// (`origin::db::lane`), which only refreshes use and which never makes them wait.
+const POOL_SIZE: u32 = 8;
+const LANE_SIZE: usize = 8;
+
 /// Waits up to 30 s for Postgres at start (containers often start together).
 async fn connect_db(url: &str) -> Result<sqlx::PgPool, String> {
     let options = PgPoolOptions::new()
-        .max_connections(16)
+        .max_connections(POOL_SIZE)
         .acquire_timeout(Duration::from_secs(3));
     let mut last = String::new();
     for _ in 0..30 {

@@ -18,6 +18,8 @@ use crate::throttle::Throttle;
 #[derive(Clone)]
 pub struct AppState {
     pub db: PgPool,
+    /// Connections for the common refresh's statement, without the pool's pings.
+    pub lane: crate::db::lane::Lane,
     pub store: Store,
     pub keys: Arc<Keys>,
     pub validator: Arc<Validator>,

@@ -254,3 +254,64 @@ async fn a_grace_window_retry_leaves_postgres_and_redis_agreeing() {
     let (code, report) = origin.check_consistency();
     assert_eq!(code, 0, "{report}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_after_postgres_closed_the_origins_connections_still_succeeds() {
+    // The common refresh runs on connections handed out without a ping
+    // (origin::db::lane): one that Postgres has closed is found by the statement,
+    // which then runs again through the pool instead of failing the refresh.
+    // Arrange: a refresh leaves a lane connection open and idle.
+    let origin = Origin::start().await;
+    let user = origin.new_user().await;
+    let t0 = origin.login_ok(&user.username, &user.password).await;
+    let t1 = origin.refresh_ok(t0.refresh()).await;
+
+    // Act: Postgres ends every connection of the origin, as a restart or a failover
+    // does, and the client refreshes. From a connection of the test's own, which
+    // outlives the others (the test's pool loses its connections too).
+    let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&origin.db.url)
+        .await
+        .unwrap();
+    let ended: Vec<(i32,)> = sqlx::query_as(
+        // `offset 0` keeps the filter ahead of the call, which would otherwise be free
+        // to end this very connection first.
+        "select pid from (select pid from pg_stat_activity where datname = current_database() \
+         and pid <> pg_backend_pid() offset 0) others where pg_terminate_backend(pid)",
+    )
+    .fetch_all(&mut admin)
+    .await
+    .unwrap();
+    assert!(!ended.is_empty(), "the origin had connections to end");
+    let pids: Vec<i32> = ended.into_iter().map(|(pid,)| pid).collect();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (left,): (i64,) =
+            sqlx::query_as("select count(*) from pg_stat_activity where pid = any($1)")
+                .bind(&pids)
+                .fetch_one(&mut admin)
+                .await
+                .unwrap();
+        if left == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{left} connections still open 10 s after pg_terminate_backend"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let reply = origin.refresh(t1.refresh()).await;
+
+    // Assert
+    assert_eq!(
+        reply.status,
+        StatusCode::OK,
+        "refresh after Postgres closed the connections: {}\norigin log:\n{}",
+        reply.text(),
+        origin.log.text()
+    );
+    let t2 = Tokens(reply.json());
+    assert_ne!(t2.refresh(), t1.refresh(), "a new token");
+    assert_eq!(origin.me(t2.access()).await.status, StatusCode::OK);
+    assert_eq!(origin.session_revoked(&t0.sid()).await, Some(false));
+}

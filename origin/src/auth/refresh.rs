@@ -23,7 +23,9 @@ use serde_json::json;
 use super::cookie::{self, Delivery};
 use super::tokens::RefreshToken;
 use super::{ClientInfo, TokenResponse, issue};
+use crate::config::Config;
 use crate::db;
+use crate::db::lane;
 use crate::db::sessions::{Presented, Rotation};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::Json;
@@ -132,6 +134,23 @@ pub fn judge(
     }
 }
 
+/// The common case's statement (`db::sessions::rotate_current`) on `db`.
+async fn rotate(
+    db: &mut sqlx::PgConnection,
+    hash: &[u8],
+    rotation: &Rotation<'_>,
+    config: &Config,
+) -> sqlx::Result<Option<db::sessions::SessionRow>> {
+    db::sessions::rotate_current(
+        db,
+        hash,
+        rotation,
+        config.session_idle_ttl_secs,
+        config.access_token_ttl_secs,
+    )
+    .await
+}
+
 async fn exchange(
     state: &AppState,
     client: &ClientInfo,
@@ -149,15 +168,23 @@ async fn exchange(
         successor_id: uuid::Uuid::new_v4(),
         successor_hash: successor.hash(),
     };
-    if let Some(session) = db::sessions::rotate_current(
-        &state.db,
-        &token.hash(),
-        &rotation,
-        config.session_idle_ttl_secs,
-        config.access_token_ttl_secs,
-    )
-    .await?
-    {
+    // On a lane connection, without the pool's pings, else through the pool
+    // (crate::db::lane). A second run after a lost answer is harmless: the first run's
+    // successor is sealed under the presented token, and the grace window below hands
+    // it out.
+    let hash = token.hash();
+    let mut found = None;
+    if let Some(mut taken) = state.lane.take().await {
+        found = lane::attempt(rotate(taken.conn(), &hash, &rotation, config)).await;
+        if found.is_some() {
+            taken.done();
+        }
+    }
+    let found = match found {
+        Some(found) => found,
+        None => rotate(&mut *state.db.acquire().await?, &hash, &rotation, config).await?,
+    };
+    if let Some(session) = found {
         let response = issue(state, &session, &successor)?;
         state.publisher.sessions(vec![session]).await?;
         return Ok(response);

@@ -6,6 +6,7 @@
 //! for one column, one writing it and another comparing against it, made a session
 //! look idle or alive by however far they drifted apart.
 
+pub mod lane;
 pub mod outbox;
 pub mod sessions;
 pub mod users;

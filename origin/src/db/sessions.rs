@@ -83,7 +83,7 @@ pub async fn create(
 /// update find the row revoked and write nothing; the token claim alone is harmless
 /// (the session is dead) and the caller finds it so.
 pub async fn rotate_current(
-    db: &PgPool,
+    db: impl sqlx::PgExecutor<'_>,
     token_hash: &[u8],
     rotation: &Rotation<'_>,
     idle_ttl_secs: u64,

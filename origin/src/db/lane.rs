@@ -1,0 +1,115 @@
+//! Connections for the common refresh's one statement, handed out without pings.
+//!
+//! sqlx 0.8's pool tests a connection with a `Sync` round trip before handing it out
+//! (`test_before_acquire`) and again when it comes back (`return_to_pool`, which no
+//! option turns off). For a refresh, one statement, those two round trips cost the
+//! origin and Postgres nearly as much as the statement: each wakes both processes.
+//! Measured with 16 connections rotating their own sessions (README, "Refresh
+//! connections"): the origin's CPU per refresh 253–291 µs through the pool and
+//! 190–198 µs on these connections.
+//!
+//! The lane holds connections taken out of the pool (`detach`), at most `size`, and
+//! hands them out as they are. One goes back only after its statement succeeded; one
+//! whose statement failed, ran out of its budget, or whose request was dropped
+//! mid-statement is closed, so a connection in an unknown state is never reused.
+//! When every lane connection is busy the statement goes through the pool: the lane
+//! never makes a caller wait.
+//!
+//! Without the ping, a connection Postgres has closed (a restart, a failover, a cut
+//! link) is found by the statement itself, and a link gone silent by its budget
+//! ([`attempt`]). The caller then runs the statement again through the pool, whose ping replaces dead
+//! connections. So the lane is only for a statement whose second run is harmless
+//! even when the first committed and only its answer was lost.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sqlx::{PgConnection, PgPool};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// How long a statement on a lane connection may take before it runs through the
+/// pool instead: the pool's own budget for handing out a connection.
+pub const ATTEMPT_BUDGET: Duration = Duration::from_secs(3);
+
+#[derive(Clone)]
+pub struct Lane {
+    pool: PgPool,
+    idle: Arc<Mutex<Vec<PgConnection>>>,
+    permits: Arc<Semaphore>,
+}
+
+/// A lane connection in use. [`Taken::done`] puts it back; dropping it closes it.
+pub struct Taken {
+    conn: Option<PgConnection>,
+    idle: Arc<Mutex<Vec<PgConnection>>>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Lane {
+    /// A lane of at most `size` connections, each taken from `pool` when first needed
+    /// (the pool opens and checks it); they do not count against the pool's size.
+    pub fn new(pool: PgPool, size: usize) -> Self {
+        Lane {
+            pool,
+            idle: Arc::default(),
+            permits: Arc::new(Semaphore::new(size)),
+        }
+    }
+
+    /// A connection, or `None` when all `size` are busy or the pool has none to give.
+    pub async fn take(&self) -> Option<Taken> {
+        let permit = self.permits.clone().try_acquire_owned().ok()?;
+        let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let conn = match idle {
+            Some(conn) => conn,
+            None => self.pool.acquire().await.ok()?.detach(),
+        };
+        Some(Taken {
+            conn: Some(conn),
+            idle: self.idle.clone(),
+            _permit: permit,
+        })
+    }
+
+    /// Connections open and not in use.
+    pub fn num_idle(&self) -> usize {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
+
+impl Taken {
+    pub fn conn(&mut self) -> &mut PgConnection {
+        self.conn.as_mut().expect("present until done or dropped")
+    }
+
+    /// Puts the connection back for the next caller: only after a statement on it
+    /// succeeded, so its protocol state is known to be idle.
+    pub fn done(mut self) {
+        if let Some(conn) = self.conn.take() {
+            self.idle
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(conn);
+        }
+    }
+}
+
+/// The outcome of a statement on a lane connection: its value, or `None` when it failed
+/// or had no answer within [`ATTEMPT_BUDGET`], and the caller runs it through the pool
+/// (dropping the [`Taken`], which closes the connection).
+pub async fn attempt<T>(statement: impl Future<Output = sqlx::Result<T>>) -> Option<T> {
+    match tokio::time::timeout(ATTEMPT_BUDGET, statement).await {
+        Ok(Ok(value)) => Some(value),
+        Ok(Err(error)) => {
+            tracing::debug!(%error, "statement failed on a lane connection; running it through the pool");
+            None
+        }
+        Err(_) => {
+            tracing::warn!(
+                budget_ms = ATTEMPT_BUDGET.as_millis() as u64,
+                "no answer on a lane connection within its budget; running the statement through the pool"
+            );
+            None
+        }
+    }
+}
