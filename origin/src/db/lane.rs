@@ -2,10 +2,10 @@
 //!
 //! sqlx 0.8's pool tests a connection with a `Sync` round trip before handing it out
 //! (`test_before_acquire`) and again when it comes back (`return_to_pool`, which no
-//! option turns off). For a refresh, one statement, those two round trips cost the
-//! origin and Postgres nearly as much as the statement: each wakes both processes.
-//! Measured with 16 connections rotating their own sessions (README, "Refresh
-//! connections"): the origin's CPU per refresh 253–291 µs through the pool and
+//! option turns off). For a refresh, one statement, that is three round trips where
+//! one would do, each waking both the origin and Postgres.
+//! Measured with 16 connections rotating their own sessions (README, "Refreshes ÷
+//! pgbench"): the origin's CPU per refresh 253–270 µs through the pool and
 //! 190–198 µs on these connections.
 //!
 //! The lane holds connections taken out of the pool (`detach`), at most `size`, and
