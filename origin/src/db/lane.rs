@@ -70,11 +70,6 @@ impl Lane {
             _permit: permit,
         })
     }
-
-    /// Connections open and not in use.
-    pub fn num_idle(&self) -> usize {
-        self.idle.lock().unwrap_or_else(|e| e.into_inner()).len()
-    }
 }
 
 impl Taken {
