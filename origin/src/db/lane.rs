@@ -4,22 +4,24 @@
 //! (`test_before_acquire`) and again when it comes back (`return_to_pool`, which no
 //! option turns off). For a refresh, one statement, that is three round trips where
 //! one would do, each waking both the origin and Postgres.
-//! Measured with 16 connections rotating their own sessions (README, "Refreshes ÷
-//! pgbench"): the origin's CPU per refresh 253–270 µs through the pool and
-//! 190–198 µs on these connections.
+//! Measured with `BENCH_ONLY=refresh scripts/bench` (README, "Refreshes ÷ pgbench"):
+//! the origin's CPU per refresh 131–142 µs with 8 lane connections that callers did
+//! not wait for (the rest went through the pool), 109–117 µs with 16 that they wait
+//! for.
 //!
 //! The lane holds connections taken out of the pool (`detach`), at most `size`, and
 //! hands them out as they are. One goes back only after its statement succeeded; one
 //! whose statement failed, ran out of its budget, or whose request was dropped
 //! mid-statement is closed, so a connection in an unknown state is never reused.
-//! When every lane connection is busy the statement goes through the pool: the lane
-//! never makes a caller wait.
+//! When every lane connection is busy a caller waits for one, up to
+//! [`ATTEMPT_BUDGET`], and then goes through the pool: a queue on the lane is
+//! cheaper than one on the pool, whose every hand-out pays the pings.
 //!
 //! Without the ping, a connection Postgres has closed (a restart, a failover, a cut
 //! link) is found by the statement itself, and a link gone silent by its budget
-//! ([`attempt`]). The caller then runs the statement again through the pool, whose ping replaces dead
-//! connections. So the lane is only for a statement whose second run is harmless
-//! even when the first committed and only its answer was lost.
+//! ([`attempt`]). The caller then runs the statement again through the pool, whose
+//! ping replaces dead connections. So the lane is only for a statement whose second
+//! run is harmless even when the first committed and only its answer was lost.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -27,8 +29,9 @@ use std::time::Duration;
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-/// How long a statement on a lane connection may take before it runs through the
-/// pool instead: the pool's own budget for handing out a connection.
+/// How long a caller waits for a lane connection, and how long its statement may
+/// take on one, before it goes through the pool instead: the pool's own budget for
+/// handing out a connection.
 pub const ATTEMPT_BUDGET: Duration = Duration::from_secs(3);
 
 #[derive(Clone)]
@@ -56,9 +59,16 @@ impl Lane {
         }
     }
 
-    /// A connection, or `None` when all `size` are busy or the pool has none to give.
+    /// A connection, or `None` when none of the `size` came free within
+    /// [`ATTEMPT_BUDGET`] or the pool had none to give.
     pub async fn take(&self) -> Option<Taken> {
-        let permit = self.permits.clone().try_acquire_owned().ok()?;
+        let permit = match self.permits.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => tokio::time::timeout(ATTEMPT_BUDGET, self.permits.clone().acquire_owned())
+                .await
+                .ok()?
+                .ok()?,
+        };
         let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
         let conn = match idle {
             Some(conn) => conn,
