@@ -16,6 +16,10 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+/// How long one answer may take before its chain counts as broken (wrk's
+/// `--timeout` in the other runs).
+const ANSWER_BUDGET: Duration = Duration::from_secs(10);
+
 /// What one run did.
 pub struct Chains {
     pub run: crate::wrk::Run,
@@ -145,11 +149,15 @@ async fn walk(
         )
         .expect("writing to a Vec");
         let sent = Instant::now();
-        stream
-            .write_all(&request)
+        let budget = tokio::time::Instant::from_std(sent + ANSWER_BUDGET);
+        let late = |_| format!("no answer within {} s", ANSWER_BUDGET.as_secs());
+        tokio::time::timeout_at(budget, stream.write_all(&request))
             .await
+            .map_err(late)?
             .map_err(|e| e.to_string())?;
-        let (status, body) = read_response(&mut stream, &mut buf).await?;
+        let (status, body) = tokio::time::timeout_at(budget, read_response(&mut stream, &mut buf))
+            .await
+            .map_err(late)??;
         latencies_us.push(sent.elapsed().as_micros().min(u32::MAX as u128) as u32);
         if status != 200 {
             return Err(format!(

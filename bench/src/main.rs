@@ -56,7 +56,7 @@ impl Meter {
     fn costs(&self, after: &Meter, requests: u64, client_ms: f64) -> Costs {
         let per = |seconds: f64| seconds * 1000.0 / requests.max(1) as f64;
         Costs {
-            origin_ms: per(after.origin - self.origin),
+            origin_ms: Some(per(after.origin - self.origin)),
             postgres_ms: per(after.postgres - self.postgres),
             client_ms,
             idle_pct: 100.0
@@ -75,17 +75,17 @@ struct Pair {
 
 /// Where one run's CPU went, per request.
 struct Costs {
-    origin_ms: f64,
+    /// `None` for pgbench's runs, where the origin only does background work.
+    origin_ms: Option<f64>,
     postgres_ms: f64,
     client_ms: f64,
     idle_pct: f64,
 }
 
 impl std::fmt::Display for Costs {
-    /// The origin's share only where it did work (not during pgbench).
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.origin_ms >= 0.001 {
-            write!(f, "{:.3}, ", self.origin_ms)?;
+        if let Some(origin_ms) = self.origin_ms {
+            write!(f, "{origin_ms:.3}, ")?;
         }
         write!(
             f,
@@ -710,11 +710,14 @@ impl Bench {
                 }
                 let before = Meter::read(self.origin_pid(), postmaster);
                 let (tps, transactions, client_ms) = self.pgbench(connections, round);
-                let pgbench = before.costs(
-                    &Meter::read(self.origin_pid(), postmaster),
-                    transactions,
-                    client_ms,
-                );
+                let pgbench = Costs {
+                    origin_ms: None,
+                    ..before.costs(
+                        &Meter::read(self.origin_pid(), postmaster),
+                        transactions,
+                        client_ms,
+                    )
+                };
                 println!("    pgbench c={connections}: {tps:.0} tps; {pgbench}");
                 pairs.push(Pair {
                     run,
