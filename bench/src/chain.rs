@@ -92,7 +92,7 @@ fn walk_share(addr: SocketAddr, share: Vec<(usize, String)>, deadline: Instant) 
         .enable_all()
         .build()
         .expect("a load thread's runtime");
-    let cpu_before = thread_cpu_seconds();
+    let cpu_before = crate::procfs::thread_cpu_seconds();
     let results = runtime.block_on(async move {
         let mut chains = tokio::task::JoinSet::new();
         for (i, token) in share {
@@ -108,7 +108,7 @@ fn walk_share(addr: SocketAddr, share: Vec<(usize, String)>, deadline: Instant) 
         }
         out
     });
-    let cpu_seconds = thread_cpu_seconds() - cpu_before;
+    let cpu_seconds = crate::procfs::thread_cpu_seconds() - cpu_before;
     let mut done = Share {
         latencies_us: Vec::new(),
         tokens: Vec::new(),
@@ -229,18 +229,6 @@ fn json_string<'a>(body: &'a [u8], name: &str) -> Option<&'a str> {
     let start = body.find(&key)? + key.len();
     let len = body[start..].find('"')?;
     Some(&body[start..start + len])
-}
-
-/// This thread's CPU time (`RUSAGE_THREAD`).
-fn thread_cpu_seconds() -> f64 {
-    // SAFETY: getrusage writes one rusage into the zeroed struct we own.
-    let usage = unsafe {
-        let mut usage: libc::rusage = std::mem::zeroed();
-        libc::getrusage(libc::RUSAGE_THREAD, &mut usage);
-        usage
-    };
-    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    secs(usage.ru_utime) + secs(usage.ru_stime)
 }
 
 #[cfg(test)]

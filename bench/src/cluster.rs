@@ -397,11 +397,7 @@ impl Bench {
             .to_string()
             + "/"
             + &database;
-        let postmaster_of: i32 = sqlx::query_scalar("select pg_backend_pid()")
-            .fetch_one(&self.db)
-            .await
-            .unwrap();
-        let postmaster = procfs::parent(postmaster_of as u32).expect("the postmaster");
+        let postmaster = procfs::postmaster_pid(&self.db).await;
         let (rest, rest_url) = stack::start_rest(&self.settings, &env.urls).await;
         let lb_url = format!("http://127.0.0.1:{}", env.lb_port);
         let mut scaled = Scaled {

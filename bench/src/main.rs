@@ -667,11 +667,7 @@ impl Bench {
             .trim_start_matches("http://")
             .parse()
             .expect("the origin's URL is http://ip:port");
-        let backend: i32 = sqlx::query_scalar("select pg_backend_pid()")
-            .fetch_one(&self.db)
-            .await
-            .unwrap();
-        let postmaster = procfs::parent(backend as u32).expect("the postmaster");
+        let postmaster = procfs::postmaster_pid(&self.db).await;
         let mut max_rss = 0;
         for connections in [16u32, 64] {
             let mut tokens = Vec::new();

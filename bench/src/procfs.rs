@@ -119,6 +119,20 @@ pub fn own_cpu_seconds() -> f64 {
     rusage_seconds(libc::RUSAGE_SELF)
 }
 
+/// CPU seconds of the calling thread (a load generator's own thread).
+pub fn thread_cpu_seconds() -> f64 {
+    rusage_seconds(libc::RUSAGE_THREAD)
+}
+
+/// The postmaster of the server `db` connects to: the parent of its backend.
+pub async fn postmaster_pid(db: &sqlx::PgPool) -> u32 {
+    let backend: i32 = sqlx::query_scalar("select pg_backend_pid()")
+        .fetch_one(db)
+        .await
+        .expect("asking Postgres for its backend's pid");
+    parent(backend as u32).expect("the postmaster")
+}
+
 fn rusage_seconds(who: libc::c_int) -> f64 {
     // SAFETY: getrusage writes one rusage into the zeroed struct we own.
     let usage = unsafe {
