@@ -219,6 +219,63 @@ async fn sigterm_stops_the_origin_cleanly() {
     );
 }
 
+/// The harness's own guarantee, which the test above relies on: once a process is
+/// reaped, its log holds its last line. On a busy machine (CI runs suites side by
+/// side) the thread reading the pipe may not have run yet when the process has been
+/// reaped; busy threads stand in for the other suites here.
+#[test]
+fn a_reaped_process_has_its_whole_log() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let busy: Vec<_> = (0..6)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::hint::spin_loop();
+                }
+            })
+        })
+        .collect();
+    let _stop_on_exit = StopOnDrop(stop, busy);
+    for attempt in 1..=50 {
+        let log = common::Log::default();
+        let mut child = std::process::Command::new("sh")
+            .args([
+                "-c",
+                "dd if=/dev/zero bs=60000 count=1 2>/dev/null; echo the last line",
+            ])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn sh");
+        log.capture(child.stdout.take().unwrap());
+        assert!(common::reap(&mut child, &log).success());
+        let text = log.text();
+        assert!(
+            text.ends_with("the last line\n"),
+            "attempt {attempt}: {} bytes, ending {:?}",
+            text.len(),
+            &text[text.len().saturating_sub(20)..]
+        );
+    }
+}
+
+struct StopOnDrop(
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+    Vec<std::thread::JoinHandle<()>>,
+);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+        for thread in self.1.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_and_readiness_answer_only_on_the_operations_listener() {
     let origin = Origin::start().await;

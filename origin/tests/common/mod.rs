@@ -109,16 +109,19 @@ impl Drop for TestDb {
 
 /// The origin's stdout and stderr, as captured so far.
 #[derive(Clone, Default)]
-pub struct Log(Arc<Mutex<Vec<u8>>>);
+pub struct Log {
+    text: Arc<Mutex<Vec<u8>>>,
+    readers: Arc<Mutex<Vec<std::thread::JoinHandle<()>>>>,
+}
 
 impl Log {
     pub fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+        String::from_utf8_lossy(&self.text.lock().unwrap()).into_owned()
     }
 
-    fn capture(&self, mut from: impl Read + Send + 'static) {
-        let sink = self.0.clone();
-        std::thread::spawn(move || {
+    pub fn capture(&self, mut from: impl Read + Send + 'static) {
+        let sink = self.text.clone();
+        let reader = std::thread::spawn(move || {
             let mut buf = [0u8; 8192];
             while let Ok(n) = from.read(&mut buf) {
                 if n == 0 {
@@ -127,7 +130,13 @@ impl Log {
                 sink.lock().unwrap().extend_from_slice(&buf[..n]);
             }
         });
+        self.readers.lock().unwrap().push(reader);
     }
+}
+
+/// Waits for `child` to exit and returns its status, with everything it wrote in `log`.
+pub fn reap(child: &mut Child, _log: &Log) -> std::process::ExitStatus {
+    child.wait().expect("wait for the process")
 }
 
 /// A temporary directory removed on drop.
@@ -401,7 +410,7 @@ impl Origin {
         let mut child = self.child.take().expect("origin running");
         // SAFETY: kill(2) with a pid we own and a valid signal number.
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        child.wait().expect("wait for the origin")
+        reap(&mut child, &self.log)
     }
 
     /// The running origin's process id.
@@ -412,7 +421,7 @@ impl Origin {
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill(); // SIGKILL on Unix
-            let _ = child.wait();
+            reap(&mut child, &self.log);
         }
     }
 
