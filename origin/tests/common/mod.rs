@@ -132,11 +132,23 @@ impl Log {
         });
         self.readers.lock().unwrap().push(reader);
     }
+
+    /// Waits until every captured pipe has been read to its end. Call it after
+    /// reaping the process: a reaped process has closed its pipes, but what it wrote
+    /// last may still be in them, not yet read into the log.
+    pub fn drain(&self) {
+        let readers = std::mem::take(&mut *self.readers.lock().unwrap());
+        for reader in readers {
+            let _ = reader.join();
+        }
+    }
 }
 
 /// Waits for `child` to exit and returns its status, with everything it wrote in `log`.
-pub fn reap(child: &mut Child, _log: &Log) -> std::process::ExitStatus {
-    child.wait().expect("wait for the process")
+pub fn reap(child: &mut Child, log: &Log) -> std::process::ExitStatus {
+    let status = child.wait().expect("wait for the process");
+    log.drain();
+    status
 }
 
 /// A temporary directory removed on drop.
