@@ -1165,3 +1165,48 @@ pub fn claims_of(token: &str) -> Value {
     )
     .unwrap()
 }
+
+#[cfg(test)]
+mod process_tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// A stopped process's log holds its last line, even when the threads reading
+    /// its pipes have not run yet (CI runs suites side by side on two cores; busy
+    /// threads stand in for them here). Port-collision retries read the log of a
+    /// stopped process to decide whether to retry.
+    #[test]
+    fn a_stopped_process_has_its_whole_log() {
+        let stop = Arc::new(AtomicBool::new(false));
+        let busy: Vec<_> = (0..6)
+            .map(|_| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::hint::spin_loop();
+                    }
+                })
+            })
+            .collect();
+        let mut failures = 0;
+        for _ in 0..50 {
+            let mut command = super::Command::new("sh");
+            command.args([
+                "-c",
+                "dd if=/dev/zero bs=60000 count=1 2>/dev/null; echo the last line",
+            ]);
+            let mut process = super::Process::spawn("sh", command);
+            while !process.exited() {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            process.stop();
+            failures += usize::from(!process.log().ends_with("the last line\n"));
+        }
+        stop.store(true, Ordering::Relaxed);
+        busy.into_iter().for_each(|t| t.join().unwrap());
+        assert_eq!(
+            failures, 0,
+            "of 50 stopped processes, {failures} lost their last line"
+        );
+    }
+}
