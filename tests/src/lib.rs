@@ -102,6 +102,7 @@ pub struct Process {
     pub name: &'static str,
     child: Option<Child>,
     log: Arc<Mutex<Vec<u8>>>,
+    readers: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Process {
@@ -114,10 +115,11 @@ impl Process {
             .spawn()
             .unwrap_or_else(|e| panic!("starting {name} ({command:?}): {e}"));
         let log = Arc::new(Mutex::new(Vec::new()));
-        for mut stream in [
+        let readers = [
             Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
             Box::new(child.stderr.take().unwrap()),
-        ] {
+        ]
+        .map(|mut stream| {
             let log = log.clone();
             std::thread::spawn(move || {
                 let mut buf = [0u8; 4096];
@@ -127,12 +129,14 @@ impl Process {
                     }
                     log.lock().unwrap().extend_from_slice(&buf[..n]);
                 }
-            });
-        }
+            })
+        })
+        .into();
         Process {
             name,
             child: Some(child),
             log,
+            readers,
         }
     }
 
@@ -152,6 +156,14 @@ impl Process {
             unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
             let _ = child.kill();
             let _ = child.wait();
+            // What it wrote last may still be in the pipes: read them to their end.
+            // Everything in the group is dead, so they end at once, unless a process
+            // left the group holding one; that one is not waited for past 5 s.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while self.readers.iter().any(|r| !r.is_finished()) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            self.readers.clear();
         }
     }
 
