@@ -225,19 +225,7 @@ async fn sigterm_stops_the_origin_cleanly() {
 /// reaped; busy threads stand in for the other suites here.
 #[test]
 fn a_reaped_process_has_its_whole_log() {
-    use std::sync::atomic::{AtomicBool, Ordering};
-    let stop = std::sync::Arc::new(AtomicBool::new(false));
-    let busy: Vec<_> = (0..6)
-        .map(|_| {
-            let stop = stop.clone();
-            std::thread::spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    std::hint::spin_loop();
-                }
-            })
-        })
-        .collect();
-    let _stop_on_exit = StopOnDrop(stop, busy);
+    let _busy = e2e::Busy::start(6);
     for attempt in 1..=50 {
         let log = common::Log::default();
         let mut child = std::process::Command::new("sh")
@@ -259,20 +247,6 @@ fn a_reaped_process_has_its_whole_log() {
             text.len(),
             &text[text.len().saturating_sub(20)..]
         );
-    }
-}
-
-struct StopOnDrop(
-    std::sync::Arc<std::sync::atomic::AtomicBool>,
-    Vec<std::thread::JoinHandle<()>>,
-);
-
-impl Drop for StopOnDrop {
-    fn drop(&mut self) {
-        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
-        for thread in self.1.drain(..) {
-            let _ = thread.join();
-        }
     }
 }
 

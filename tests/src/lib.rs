@@ -1178,19 +1178,17 @@ pub fn claims_of(token: &str) -> Value {
     .unwrap()
 }
 
-#[cfg(test)]
-mod process_tests {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, Ordering};
+/// Threads that keep the CPUs busy until dropped: a stand-in for the other suites
+/// CI runs side by side, for tests of races that only a busy machine shows.
+pub struct Busy {
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
 
-    /// A stopped process's log holds its last line, even when the threads reading
-    /// its pipes have not run yet (CI runs suites side by side on two cores; busy
-    /// threads stand in for them here). Port-collision retries read the log of a
-    /// stopped process to decide whether to retry.
-    #[test]
-    fn a_stopped_process_has_its_whole_log() {
+impl Busy {
+    pub fn start(threads: usize) -> Busy {
         let stop = Arc::new(AtomicBool::new(false));
-        let busy: Vec<_> = (0..6)
+        let threads = (0..threads)
             .map(|_| {
                 let stop = stop.clone();
                 std::thread::spawn(move || {
@@ -1200,6 +1198,28 @@ mod process_tests {
                 })
             })
             .collect();
+        Busy { stop, threads }
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod process_tests {
+    /// A stopped process's log holds its last line, even when the threads reading
+    /// its pipes have not run yet (CI runs suites side by side on two cores).
+    /// Port-collision retries read the log of a stopped process to decide whether to
+    /// retry.
+    #[test]
+    fn a_stopped_process_has_its_whole_log() {
+        let busy = super::Busy::start(6);
         let mut failures = 0;
         for _ in 0..50 {
             let mut command = super::Command::new("sh");
@@ -1214,8 +1234,7 @@ mod process_tests {
             process.stop();
             failures += usize::from(!process.log().ends_with("the last line\n"));
         }
-        stop.store(true, Ordering::Relaxed);
-        busy.into_iter().for_each(|t| t.join().unwrap());
+        drop(busy);
         assert_eq!(
             failures, 0,
             "of 50 stopped processes, {failures} lost their last line"
