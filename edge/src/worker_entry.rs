@@ -14,7 +14,7 @@ use shared::{KeySet, VerifiedClaims, VerifyingKey};
 use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::JsFuture;
 use worker::{
-    AbortController, Date, Delay, Env, Fetch, Headers, Method, Request, RequestInit, Result, event,
+    AbortController, Delay, Env, Fetch, Headers, Method, Request, RequestInit, Result, event,
 };
 
 use crate::analytics::{self, Cache, Missing, Outcome, Reason, Via};
@@ -51,8 +51,15 @@ thread_local! {
     static HTTP: reqwest::Client = reqwest::Client::new();
 }
 
+/// The time in milliseconds since the epoch: `Date.now()`, one call returning a
+/// number. `worker::Date::now()` makes a `Date` object and calls into JavaScript twice;
+/// a CPU profile of the isolate put that at 3 % of a forward.
+fn now_ms() -> u64 {
+    js_sys::Date::now() as u64
+}
+
 fn now() -> u64 {
-    Date::now().as_millis() / 1000
+    now_ms() / 1000
 }
 
 /// The settings, read and checked once per isolate. A bad one is an error naming it,
@@ -582,8 +589,7 @@ async fn kv_sync(mut req: Request, env: &Env, config: &Config) -> Result<worker:
     for op in ops {
         // The rules of crate::sync::decide: newer versions and later not-befores only.
         let current = kv.get(op.key()).text().await?;
-        let Some(write) = crate::sync::decide(&op, current.as_deref(), Date::now().as_millis())
-        else {
+        let Some(write) = crate::sync::decide(&op, current.as_deref(), now_ms()) else {
             continue;
         };
         let mut put = kv.put(op.key(), write.value)?;
@@ -906,7 +912,7 @@ async fn key_set(config: &Config, kid: Option<&str>, now: u64) -> KeyLookup {
         return KeyLookup::Keys(keys.clone());
     }
     let lookup = || KEYS.with(|k| k.borrow().lookup(kid, now, config.jwks_stale_secs));
-    let started_at = Date::now().as_millis();
+    let started_at = now_ms();
     if KEY_FETCH.get().is_none() {
         if KEYS.with(|k| k.borrow().should_fetch(kid, now, config.jwks_refetch_secs)) {
             KEYS.with(|k| k.borrow_mut().attempted(now));
@@ -920,7 +926,7 @@ async fn key_set(config: &Config, kid: Option<&str>, now: u64) -> KeyLookup {
     };
     if !decided {
         let deadline = started_at + config.store_timeout_ms + 100;
-        while KEY_FETCH.get().is_some() && Date::now().as_millis() < deadline {
+        while KEY_FETCH.get().is_some() && now_ms() < deadline {
             Delay::from(Duration::from_millis(JWKS_WAIT_STEP_MS)).await;
         }
     }
@@ -933,7 +939,7 @@ struct InFlight;
 
 impl InFlight {
     fn start() -> InFlight {
-        KEY_FETCH.set(Some(Date::now().as_millis() as f64));
+        KEY_FETCH.set(Some(now_ms() as f64));
         InFlight
     }
 }
