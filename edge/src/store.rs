@@ -36,26 +36,22 @@ pub fn mget_body(keys: &[String; 3]) -> String {
 #[derive(Debug, PartialEq, Eq)]
 pub struct StoreUnavailable(pub &'static str);
 
+/// Upstash's answer to a command: its `result` (other members, such as `error`, are
+/// not read). Typed, so the reply is parsed once, without a `Value` tree.
+#[derive(serde::Deserialize)]
+struct MgetReply {
+    result: Vec<Option<String>>,
+}
+
 /// Parses Upstash's reply to the `MGET` (HTTP status and body).
 pub fn parse_mget(status: u16, body: &[u8]) -> Result<[Option<String>; 3], StoreUnavailable> {
     if status != 200 {
         return Err(StoreUnavailable("store answered with an error status"));
     }
-    let value: Value =
-        serde_json::from_slice(body).map_err(|_| StoreUnavailable("store reply is not JSON"))?;
-    let items = value
-        .get("result")
-        .and_then(Value::as_array)
-        .ok_or(StoreUnavailable("store reply has no result"))?;
-    if items.len() != 3 {
-        return Err(StoreUnavailable("store reply has the wrong length"));
-    }
-    let item = |i: usize| match &items[i] {
-        Value::Null => Ok(None),
-        Value::String(s) => Ok(Some(s.clone())),
-        _ => Err(StoreUnavailable("store reply item is not a string")),
-    };
-    Ok([item(0)?, item(1)?, item(2)?])
+    let reply: MgetReply = serde_json::from_slice(body)
+        .map_err(|_| StoreUnavailable("store reply is not an MGET answer"))?;
+    <[Option<String>; 3]>::try_from(reply.result)
+        .map_err(|_| StoreUnavailable("store reply has the wrong length"))
 }
 
 /// What the edge does with a verified token, given the three values read.
