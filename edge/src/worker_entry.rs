@@ -213,10 +213,10 @@ pub fn plan_stored(
     store_ms: f64,
     elapsed_ms: f64,
 ) -> JsValue {
-    let Some((config, claims)) = verified_claims(env, authorization.as_deref()) else {
+    let now = now();
+    let Some((config, claims)) = verified_claims(env, authorization.as_deref(), now) else {
         return JsValue::UNDEFINED;
     };
-    let now = now();
     let decision = store::parse_mget(status, body.as_bytes()).map_or(Decision::Unknown, |values| {
         store::decide(&claims, &values, now)
     });
@@ -264,7 +264,7 @@ pub async fn check_unknown(
     started: f64,
 ) -> std::result::Result<web_sys::Response, JsValue> {
     let failed = |e: worker::Error| JsValue::from_str(&e.to_string());
-    let Some((config, claims)) = verified_claims(&env, authorization.as_deref()) else {
+    let Some((config, claims)) = verified_claims(&env, authorization.as_deref(), now()) else {
         // Gone from the cache in between: the full path checks it all again.
         let config = config(&env).map_err(|e| JsValue::from_str(&e))?;
         return handle(&req, &req.method(), &env, &config, None)
@@ -294,13 +294,17 @@ pub async fn check_unknown(
 }
 
 /// The settings and the cached verification of the bearer token in `authorization`.
-fn verified_claims(env: &Env, authorization: Option<&str>) -> Option<(Rc<Config>, VerifiedClaims)> {
+fn verified_claims(
+    env: &Env,
+    authorization: Option<&str>,
+    now: u64,
+) -> Option<(Rc<Config>, VerifiedClaims)> {
     let config = config(env).ok()?;
     let Credentials::Bearer(token) = request::credentials(authorization) else {
         return None;
     };
     let leeway = config.validator.limits().leeway;
-    let claims = VERIFIED.with(|c| c.borrow_mut().get(token, now(), leeway))?;
+    let claims = VERIFIED.with(|c| c.borrow_mut().get(token, now, leeway))?;
     Some((config, claims))
 }
 
