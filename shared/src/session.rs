@@ -130,10 +130,12 @@ impl Stored {
     /// is [`Error::Record`]: the caller must treat the session as unknown (never as
     /// active).
     pub fn decode(bytes: &[u8]) -> Result<Self, Error> {
-        // One typed pass, borrowing the strings: the edge decodes a record on every
-        // validated request, and a `Value` tree first was most of that cost. The
-        // derived struct refuses a known member given twice; the first byte check
-        // keeps it from taking a JSON array by position.
+        // One typed pass: the edge decodes a record on every validated request, and a
+        // `Value` tree first was most of that cost. The derived struct refuses a known
+        // member given twice (an unknown one is skipped, twice or not: only the origin
+        // writes records, so the duplicate-name rule of tokens, crate::json, is not
+        // needed here); the first byte check keeps it from taking a JSON array by
+        // position.
         if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
             return Err(Error::Record);
         }
