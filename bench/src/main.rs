@@ -371,7 +371,8 @@ impl Bench {
         let tokens = |file: &str| vec![("BENCH_TOKENS", file.to_string())];
 
         // The JavaScript references (bench/reference-worker.js): (a) a pass-through,
-        // (b) jose + one REST read + forward, in a workerd of their own.
+        // (b) jose + one REST read + forward, (c) the floor under (b), (d) (a) with the
+        // header hygiene and proof our forward adds, in a workerd of their own.
         let reference = self
             .stack
             .start_reference(&self.settings, &self.dir.0)
@@ -396,11 +397,17 @@ impl Bench {
         let mut validated = Vec::new();
         let mut ref_forward = Vec::new();
         let mut ref_warm = Vec::new();
+        let mut ref_hygiene = Vec::new();
         for _ in 0..2 {
             forward.push(self.wrk_cpu(format!("{edge}/public/bench"), vec![]));
             ref_forward.push(self.wrk_cpu_of(
                 reference_pid,
                 format!("{reference}/public/bench"),
+                vec![],
+            ));
+            ref_hygiene.push(self.wrk_cpu_of(
+                reference_pid,
+                format!("{reference}/hygiene/bench"),
                 vec![],
             ));
             validated.push(self.wrk_cpu(format!("{edge}/api/bench"), tokens(&warm)));
@@ -430,11 +437,12 @@ impl Bench {
         };
         let f = best(&forward);
         let v = best(&validated);
-        let (ra, rb) = (best(&ref_forward), best(&ref_warm));
+        let (ra, rb, rd) = (best(&ref_forward), best(&ref_warm), best(&ref_hygiene));
         let errors: u64 = forward
             .iter()
             .chain(&validated)
             .chain(&ref_forward)
+            .chain(&ref_hygiene)
             .chain(&ref_warm)
             .map(|r| r.errors)
             .sum::<u64>()
@@ -526,6 +534,22 @@ impl Bench {
             "edge",
             "(c) ÷ (b): the most any worker reading the store per request can reach",
             format!("{:.2}×", floor.rate() / rb.rate()),
+            "",
+            None,
+        );
+        // (d) does what our forward must (the origin accepts no forward without the
+        // signed client address): the part of the gap to (a) that is the job itself.
+        self.row(
+            "edge",
+            "JS reference (d), (a) + our forward's header hygiene and proof (req/s; CPU)",
+            format!("{}; {:.3} ms", rd.figure(), rd.cpu_ms),
+            "",
+            None,
+        );
+        self.row(
+            "edge",
+            "forwarding ÷ reference (d): the same job by hand in JS",
+            format!("{:.2}×", f.rate() / rd.rate()),
             "",
             None,
         );

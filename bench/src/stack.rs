@@ -174,6 +174,7 @@ const reference :Workerd.Worker = (
     (name = "AUDIENCE", text = "{AUDIENCE}"),
     (name = "KEY_PREFIX", text = "{prefix}"),
     (name = "JWKS", text = "{jwks}"),
+    (name = "PROOF_SECRET", text = "{secret}"),
   ],
   globalOutbound = "internet",
 );
@@ -182,6 +183,7 @@ const reference :Workerd.Worker = (
             rest = self.rest_url,
             upstream = self.upstream_url,
             prefix = self.prefix,
+            secret = self.edge_secret,
         );
         std::fs::write(&config, text).expect("writing the reference config");
         let mut command = Command::new(&settings.workerd_bin);
