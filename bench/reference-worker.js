@@ -22,9 +22,12 @@ let upstreamHost; // per isolate
 
 const encoder = new TextEncoder();
 
-// The headers our edge strips from every client (edge/src/forward.rs, is_forwarded).
-const ADDRESS_HEADERS = new Set([
+// The headers our edge does not forward from a client to a public path
+// (edge/src/forward.rs, is_forwarded, `authorization` not configured to pass), besides
+// the `x-auth-` and `x-forwarded-` families.
+const NOT_FORWARDED = new Set([
   "host",
+  "authorization",
   "forwarded",
   "x-real-ip",
   "true-client-ip",
@@ -51,7 +54,7 @@ async function hygienic(request, env, url) {
   );
   const headers = new Headers(request.headers);
   for (const name of [...request.headers.keys()]) {
-    if (name.startsWith("x-auth-") || name.startsWith("x-forwarded-") || ADDRESS_HEADERS.has(name)) {
+    if (name.startsWith("x-auth-") || name.startsWith("x-forwarded-") || NOT_FORWARDED.has(name)) {
       headers.delete(name);
     }
   }
