@@ -61,12 +61,13 @@ async function hygienic(request, env, url) {
   upstreamHost ??= new URL(env.UPSTREAM_URL).host;
   const ip = request.headers.get("cf-connecting-ip") ?? "0.0.0.0";
   const time = String(Math.floor(Date.now() / 1000));
-  const fields = ["edge-auth request v3", upstreamHost, request.method, url.pathname + url.search, ip, "", "", "", time];
+  const pathAndQuery = url.pathname + url.search;
+  const fields = ["edge-auth request v3", upstreamHost, request.method, pathAndQuery, ip, "", "", "", time];
   const mac = await crypto.subtle.sign("HMAC", proofKey, encoder.encode(fields.join("\n")));
   headers.set("x-auth-client-ip", ip);
   headers.set("x-auth-time", time);
   headers.set("x-auth-proof", base64url(mac));
-  return fetch(env.UPSTREAM_URL + url.pathname + url.search, { method: request.method, headers, body: request.body, redirect: "manual" });
+  return fetch(env.UPSTREAM_URL + pathAndQuery, { method: request.method, headers, body: request.body, redirect: "manual" });
 }
 
 // shared::session::partition: FNV-1a (32-bit) of the user id, modulo 1024.
