@@ -27,9 +27,17 @@ import module from "./edge_bg.wasm";
 
 initSync({ module });
 
+// Which Wasm instance is current: bumped when a trap replaced it. The numbers a
+// protected request's steps carry belong to the instance that handed them out; the
+// next instance counts from 0 again, so an old number must never reach it.
+let instance = 0;
+
 function internalError(error) {
   console.error("edge internal error:", error);
-  if (error instanceof WebAssembly.RuntimeError) __wbg_reset_state();
+  if (error instanceof WebAssembly.RuntimeError) {
+    __wbg_reset_state();
+    instance++;
+  }
   return new Response('{"error":"server_error","error_description":"internal error"}', {
     status: 500,
     headers: { "content-type": "application/json", "cache-control": "no-store" },
@@ -81,14 +89,19 @@ function bytes(hex) {
 
 const encoder = new TextEncoder();
 
-async function checked(request, env, ctx, parts, step) {
+// A protected request: its steps carry the number under which Rust holds what it
+// learned from `plan` (its parts, token and claims), so the calls that follow pass
+// that number, not the request's strings again. Called right after `plan`, so the
+// number belongs to the instance current now; if a trap replaces it meanwhile, the
+// request takes the full path.
+async function checked(request, env, ctx, authorization, step) {
   const started = Date.now();
-  const authorization = parts[5];
+  const planned = instance;
   let cacheHit = true;
   if (step[0] === "V") {
-    // `V\tkeyHex\tsignatureHex`, then the signing input.
+    // `V\tnumber\tkeyHex\tsignatureHex`, then the signing input.
     const newline = step.indexOf("\n");
-    const [, keyHex, signatureHex] = step.slice(0, newline).split("\t");
+    const [, number, keyHex, signatureHex] = step.slice(0, newline).split("\t");
     let valid;
     try {
       let key = cryptoKeys.get(keyHex);
@@ -106,14 +119,15 @@ async function checked(request, env, ctx, parts, step) {
       // The platform failed: the full path verifies with the Wasm verifier instead.
       return full(request, env, ctx);
     }
-    step = planVerified(env, authorization, keyHex, valid, Date.now() - started);
+    if (planned !== instance) return full(request, env, ctx);
+    step = planVerified(env, Number(number), keyHex, valid, Date.now() - started);
     if (step === undefined) return full(request, env, ctx);
     if (typeof step !== "string") return step;
     cacheHit = false;
   }
-  // `S\turl\ttimeoutMs\tauthorization`, then the body.
+  // `S\tnumber\turl\ttimeoutMs\tauthorization`, then the body.
   const newline = step.indexOf("\n");
-  const [, url, timeout, storeAuthorization] = step.slice(0, newline).split("\t");
+  const [, held, url, timeout, storeAuthorization] = step.slice(0, newline).split("\t");
   const readStarted = Date.now();
   let status = 0;
   let text = "";
@@ -130,8 +144,8 @@ async function checked(request, env, ctx, parts, step) {
     status = 0; // no answer within the budget
   }
   const storeMs = Date.now() - readStarted;
-  const [method, url_, names, ip] = parts;
-  const next = planStored(env, method, url_, names, ip, authorization, status, text, cacheHit, storeMs, Date.now() - started);
+  if (planned !== instance) return full(request, env, ctx);
+  const next = planStored(env, Number(held), status, text, storeMs, Date.now() - started);
   if (next === undefined) return checkUnknown(request, env, authorization, cacheHit, storeMs, started);
   if (typeof next !== "string") return next;
   return forward(request, next);
@@ -141,18 +155,19 @@ export default {
   fetch(request, env, ctx) {
     try {
       const headers = request.headers;
-      const parts = [
+      const authorization = headers.get("authorization") ?? undefined;
+      const step = plan(
+        env,
         request.method,
         request.url,
         [...headers.keys()].join("\t"),
         headers.get("cf-connecting-ip") ?? undefined,
         headers.get("content-length") ?? undefined,
-        headers.get("authorization") ?? undefined,
-      ];
-      const step = plan(env, ...parts);
+        authorization,
+      );
       if (step === undefined) return full(request, env, ctx);
       if (step[0] === "F") return forward(request, step);
-      return checked(request, env, ctx, parts, step).catch(internalError);
+      return checked(request, env, ctx, authorization, step).catch(internalError);
     } catch (error) {
       return internalError(error);
     }

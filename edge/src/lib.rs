@@ -10,6 +10,7 @@ pub mod cache;
 pub mod config;
 pub mod cors;
 pub mod forward;
+pub mod pending;
 pub mod plan;
 pub mod reply;
 pub mod request;

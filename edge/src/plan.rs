@@ -32,6 +32,33 @@ pub struct Incoming<'a> {
     pub content_length: Option<&'a str>,
 }
 
+/// A protected request between the entry's calls ([`crate::pending`]): its parts as
+/// the first call received them, its bearer token, and the claims once verified.
+#[derive(Debug)]
+pub struct Held {
+    pub method: String,
+    pub url: String,
+    pub header_names: String,
+    pub client_ip: Option<String>,
+    pub token: String,
+    /// `None` until the signature is checked.
+    pub claims: Option<shared::VerifiedClaims>,
+    /// Whether the claims came from the verified-token cache.
+    pub cache_hit: bool,
+}
+
+impl Held {
+    pub fn incoming(&self) -> Incoming<'_> {
+        Incoming {
+            method: &self.method,
+            url: &self.url,
+            header_names: &self.header_names,
+            client_ip: self.client_ip.as_deref(),
+            content_length: None,
+        }
+    }
+}
+
 /// What to send and where.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ForwardPlan {
@@ -194,21 +221,23 @@ fn plan_to(
     })
 }
 
-/// `V`, the key and the signature in hex, then the signing input on the next line:
-/// the entry checks it with WebCrypto's Ed25519 and calls back with the answer.
-pub fn verify_step(check: &crate::verify::SignatureCheck) -> String {
+/// `V`, the request's number ([`crate::pending`]), the key and the signature in hex,
+/// then the signing input on the next line: the entry checks it with WebCrypto's
+/// Ed25519 and calls back with the number and the answer.
+pub fn verify_step(number: u32, check: &crate::verify::SignatureCheck) -> String {
     format!(
-        "V\t{}\t{}\n{}",
+        "V\t{number}\t{}\t{}\n{}",
         hex(&check.key),
         hex(&check.signature),
         String::from_utf8_lossy(&check.message)
     )
 }
 
-/// `S`, the store's URL, the time budget in ms and its `Authorization` value, then the
-/// `MGET` body on the next line: the entry posts it and calls back with the answer.
-pub fn read_step(url: &str, token: &str, budget_ms: u64, body: &str) -> String {
-    format!("S\t{url}\t{budget_ms}\tBearer {token}\n{body}")
+/// `S`, the request's number, the store's URL, the time budget in ms and its
+/// `Authorization` value, then the `MGET` body on the next line: the entry posts it and
+/// calls back with the number and the answer.
+pub fn read_step(number: u32, url: &str, token: &str, budget_ms: u64, body: &str) -> String {
+    format!("S\t{number}\t{url}\t{budget_ms}\tBearer {token}\n{body}")
 }
 
 /// Lower-case hex, by table: a `format!` per byte was 2 % of a verifying request's CPU.
@@ -422,21 +451,21 @@ mod tests {
             message: b"h.p".to_vec(),
             signature: [1; 64],
         };
-        let step = verify_step(&check);
+        let step = verify_step(7, &check);
         let (head, message) = step.split_once('\n').unwrap();
         assert_eq!(message, "h.p");
         let parts: Vec<&str> = head.split('\t').collect();
-        assert_eq!(parts[0], "V");
-        assert_eq!(unhex::<32>(parts[1]), Some([0xab; 32]));
-        assert_eq!(unhex::<64>(parts[2]), Some([1; 64]));
+        assert_eq!(parts[..2], ["V", "7"]);
+        assert_eq!(unhex::<32>(parts[2]), Some([0xab; 32]));
+        assert_eq!(unhex::<64>(parts[3]), Some([1; 64]));
         assert_eq!(hex(&[0x00, 0x0f, 0xf0, 0xff, 0x5a]), "000ff0ff5a");
         let all: Vec<u8> = (0..=255).collect();
         assert_eq!(unhex::<256>(&hex(&all)).map(Vec::from), Some(all));
         assert_eq!(unhex::<2>("abc"), None);
         assert_eq!(unhex::<2>("zzzz"), None);
         assert_eq!(
-            read_step("https://r", "tok", 1000, "[\"MGET\"]"),
-            "S\thttps://r\t1000\tBearer tok\n[\"MGET\"]"
+            read_step(4_294_967_295, "https://r", "tok", 1000, "[\"MGET\"]"),
+            "S\t4294967295\thttps://r\t1000\tBearer tok\n[\"MGET\"]"
         );
     }
 }

@@ -21,7 +21,8 @@ use crate::analytics::{self, Cache, Missing, Outcome, Reason, Via};
 use crate::cache::{KeyCache, KeyLookup, VerifiedCache, jwks_max_age, peek_kid};
 use crate::config::{Config, StoreKind};
 use crate::cors::{Cors, Preflight};
-use crate::plan::Incoming;
+use crate::pending::Pending;
+use crate::plan::{Held, Incoming};
 use crate::reply::Reply;
 use crate::request::{BodySize, Credentials, has_body, is_forwarded_method};
 use crate::route::Route;
@@ -35,6 +36,9 @@ const JWKS_WAIT_STEP_MS: u64 = 5;
 thread_local! {
     static CONFIG: RefCell<Option<Rc<Config>>> = const { RefCell::new(None) };
     static VERIFIED: RefCell<VerifiedCache> = RefCell::new(VerifiedCache::new(10_000));
+    /// Protected requests between the entry's calls (`plan` → `planVerified` →
+    /// `planStored`), by the number their steps carry.
+    static PENDING: RefCell<Pending<Held>> = RefCell::new(Pending::new(1024));
     static KEYS: RefCell<KeyCache> = RefCell::new(KeyCache::default());
     /// When the JWKS fetch in flight started, if one is: one per isolate.
     static KEY_FETCH: std::cell::Cell<Option<f64>> = const { std::cell::Cell::new(None) };
@@ -98,23 +102,24 @@ fn render(reply: &Reply) -> Result<web_sys::Response> {
 /// [`crate::plan`]): a forward plan, the signature to check, or the session read, as
 /// one string; `undefined` and the entry calls [`fetch`], the full path.
 /// Synchronous, with the request's parts as plain strings: no futures, no object
-/// crossing per header.
+/// crossing per header. A protected request's parts stay here ([`PENDING`]) under the
+/// number its step carries, for the calls that follow.
 #[allow(clippy::too_many_arguments)]
 #[wasm_bindgen::prelude::wasm_bindgen(js_name = plan)]
 pub fn plan(
     env: &Env,
-    method: &str,
-    url: &str,
-    header_names: &str,
+    method: String,
+    url: String,
+    header_names: String,
     client_ip: Option<String>,
     content_length: Option<String>,
     authorization: Option<String>,
 ) -> Option<String> {
     let config = config(env).ok()?;
     let incoming = Incoming {
-        method,
-        url,
-        header_names,
+        method: &method,
+        url: &url,
+        header_names: &header_names,
         client_ip: client_ip.as_deref(),
         content_length: content_length.as_deref(),
     };
@@ -138,47 +143,78 @@ pub fn plan(
         None => peek_kid(token)?,
     };
     let keys = usable_keys(&config, &kid, now)?;
-    if let Some(claims) = cached.filter(|c| keys.get(c.kid()).is_some()) {
-        return read_step(&config, &claims);
-    }
+    let claims = cached.filter(|c| keys.get(c.kid()).is_some());
     // A token that fails before its signature matters is refused by the full path.
-    let check = crate::verify::signature_check(&config.validator, token.as_bytes(), &keys, now);
-    Some(crate::plan::verify_step(&check.ok()?))
+    let check = match claims {
+        Some(_) => None,
+        None => Some(
+            crate::verify::signature_check(&config.validator, token.as_bytes(), &keys, now).ok()?,
+        ),
+    };
+    let held = Held {
+        token: token.to_string(),
+        method,
+        url,
+        header_names,
+        client_ip,
+        cache_hit: claims.is_some(),
+        claims,
+    };
+    PENDING.with(|p| {
+        let mut pending = p.borrow_mut();
+        let number = pending.insert(held);
+        let step = match (&check, pending.get_mut(number)?.claims.as_ref()) {
+            (Some(check), _) => Some(crate::plan::verify_step(number, check)),
+            (None, Some(claims)) => read_step(number, &config, claims),
+            (None, None) => None,
+        };
+        if step.is_none() {
+            pending.take(number);
+        }
+        step
+    })
 }
 
 /// The entry's call after WebCrypto checked the signature [`plan`] asked for with
-/// `key_hex`: the session read, or the refusal (a `Response`).
+/// `key_hex`, for the request `number`: the session read, or the refusal (a
+/// `Response`).
 #[wasm_bindgen::prelude::wasm_bindgen(js_name = planVerified)]
 pub fn plan_verified(
     env: &Env,
-    authorization: Option<String>,
+    number: u32,
     key_hex: &str,
     valid: bool,
     elapsed_ms: f64,
 ) -> JsValue {
     let step = || -> Option<std::result::Result<String, shared::Error>> {
         let config = config(env).ok()?;
-        let Credentials::Bearer(token) = request::credentials(authorization.as_deref()) else {
-            return None;
-        };
-        let now = now();
-        let keys = usable_keys(&config, &peek_kid(token)?, now)?;
-        let key = crate::plan::unhex::<32>(key_hex)?;
-        let verified = crate::verify::with_platform_answer(
-            &config.validator,
-            token.as_bytes(),
-            &keys,
-            now,
-            &key,
-            valid,
-        );
-        match verified {
-            Ok(claims) => {
-                VERIFIED.with(|c| c.borrow_mut().insert(token, claims.clone()));
-                read_step(&config, &claims).map(Ok)
+        PENDING.with(|p| {
+            let mut pending = p.borrow_mut();
+            let held = pending.get_mut(number)?;
+            let now = now();
+            let keys = usable_keys(&config, &peek_kid(&held.token)?, now)?;
+            let key = crate::plan::unhex::<32>(key_hex)?;
+            let verified = crate::verify::with_platform_answer(
+                &config.validator,
+                held.token.as_bytes(),
+                &keys,
+                now,
+                &key,
+                valid,
+            );
+            match verified {
+                Ok(claims) => {
+                    VERIFIED.with(|c| c.borrow_mut().insert(&held.token, claims.clone()));
+                    let step = read_step(number, &config, &claims);
+                    held.claims = Some(claims);
+                    step.map(Ok)
+                }
+                Err(e) => {
+                    pending.take(number);
+                    Some(Err(e))
+                }
             }
-            Err(e) => Some(Err(e)),
-        }
+        })
     };
     match step() {
         None => JsValue::UNDEFINED,
@@ -195,52 +231,56 @@ pub fn plan_verified(
     }
 }
 
-/// The entry's call with the store's answer (`status` 0: none): the forward plan, the
-/// refusal (a `Response`), or `undefined` when the store could not say, and the entry
-/// calls [`check_unknown`].
-#[allow(clippy::too_many_arguments)]
+/// The entry's call with the store's answer for the request `number` (`status` 0:
+/// none): the forward plan, the refusal (a `Response`), or `undefined` when the store
+/// could not say or the request is no longer held, and the entry calls
+/// [`check_unknown`].
 #[wasm_bindgen::prelude::wasm_bindgen(js_name = planStored)]
 pub fn plan_stored(
     env: &Env,
-    method: &str,
-    url: &str,
-    header_names: &str,
-    client_ip: Option<String>,
-    authorization: Option<String>,
+    number: u32,
     status: u16,
     body: &str,
-    cache_hit: bool,
     store_ms: f64,
     elapsed_ms: f64,
 ) -> JsValue {
     let now = now();
-    let Some((config, claims)) = verified_claims(env, authorization.as_deref(), now) else {
+    let Ok(config) = config(env) else {
+        return JsValue::UNDEFINED;
+    };
+    let Some(held) = PENDING.with(|p| p.borrow_mut().take(number)) else {
+        return JsValue::UNDEFINED;
+    };
+    // The token may have expired while the store was read: the full path refuses it.
+    let leeway = config.validator.limits().leeway;
+    let Some(claims) = held
+        .claims
+        .as_ref()
+        .filter(|c| now < c.expires_at().saturating_add(leeway))
+    else {
         return JsValue::UNDEFINED;
     };
     let decision = store::parse_mget(status, body.as_bytes()).map_or(Decision::Unknown, |values| {
-        store::decide(&claims, &values, now)
+        store::decide(claims, &values, now)
     });
     let timings = Timings {
-        cache: if cache_hit { Cache::Hit } else { Cache::Miss },
+        cache: if held.cache_hit {
+            Cache::Hit
+        } else {
+            Cache::Miss
+        },
         store_ms,
         fallback_ms: 0.0,
     };
     match decision {
         Decision::Forward(session) => {
             record(env, Outcome::Valid(Via::Store), &timings, elapsed_ms);
-            let incoming = Incoming {
-                method,
-                url,
-                header_names,
-                client_ip: client_ip.as_deref(),
-                content_length: None,
-            };
             let id = Identity {
                 user_id: claims.subject(),
                 session_id: claims.session_id(),
                 scope: &session.scope,
             };
-            crate::plan::forward_with_identity(&config, &incoming, id, now)
+            crate::plan::forward_with_identity(&config, &held.incoming(), id, now)
                 .map_or(JsValue::UNDEFINED, |plan| plan.encode().into())
         }
         Decision::Reject => {
@@ -329,13 +369,14 @@ fn usable_keys(config: &Config, kid: &str, now: u64) -> Option<Rc<KeySet>> {
 }
 
 /// The session read of a verified token (Upstash; [`plan`] takes no other store).
-fn read_step(config: &Config, claims: &VerifiedClaims) -> Option<String> {
+fn read_step(number: u32, config: &Config, claims: &VerifiedClaims) -> Option<String> {
     let StoreKind::Upstash { url, token } = &config.store else {
         return None;
     };
     let keys = store::keys(&config.key_prefix, claims, false);
     let body = store::mget_body(&keys);
     Some(crate::plan::read_step(
+        number,
         url,
         token,
         config.store_timeout_ms,

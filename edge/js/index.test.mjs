@@ -1,0 +1,122 @@
+// The module entry's own rules, under Node with the Rust glue replaced by a recording
+// stub (`node --test edge/js/`; scripts/test runs it). The decisions themselves are
+// Rust's and tested natively; what is tested here is what the entry alone does with
+// the steps: which call it makes next, and with what.
+import assert from "node:assert/strict";
+import { register } from "node:module";
+import { test } from "node:test";
+
+// `./edge.js` (the wasm-bindgen glue) becomes the stub below; `./edge_bg.wasm` an
+// empty module.
+register(
+  "data:text/javascript," +
+    encodeURIComponent(`
+      export async function resolve(specifier, context, next) {
+        if (specifier === "./edge.js" && context.parentURL?.endsWith("/index.js")) {
+          return { url: "stub:glue", shortCircuit: true };
+        }
+        if (specifier === "./edge_bg.wasm") return { url: "stub:wasm", shortCircuit: true };
+        return next(specifier, context);
+      }
+      export async function load(url, context, next) {
+        if (url === "stub:glue") {
+          return {
+            format: "module",
+            shortCircuit: true,
+            source: "export const initSync = () => {};" +
+              ["fetch", "plan", "planVerified", "planStored", "checkUnknown", "forwardFailed", "__wbg_reset_state"]
+                .map((name) => "export function " + (name === "fetch" ? "fullPath" : name) +
+                  "(...a) { return globalThis.glue." + name + "(...a); }").join("") +
+              "export { fullPath as fetch };",
+          };
+        }
+        if (url === "stub:wasm") return { format: "module", shortCircuit: true, source: "export default null;" };
+        return next(url, context);
+      }
+    `),
+);
+
+// What the stub glue does and what the entry called, per test.
+const calls = [];
+globalThis.glue = {};
+function glue(overrides) {
+  calls.length = 0;
+  const record =
+    (name, answer) =>
+    (...args) => {
+      calls.push([name, ...args]);
+      return answer(...args);
+    };
+  globalThis.glue = {
+    fetch: record("fullPath", async () => new Response("full path")),
+    plan: record("plan", () => undefined),
+    planVerified: record("planVerified", () => undefined),
+    planStored: record("planStored", () => undefined),
+    checkUnknown: record("checkUnknown", async () => new Response("checked")),
+    forwardFailed: record("forwardFailed", () => new Response("failed", { status: 502 })),
+    __wbg_reset_state: record("reset", () => {}),
+    ...Object.fromEntries(Object.entries(overrides).map(([name, f]) => [name, record(name, f)])),
+  };
+}
+
+const { default: entry } = await import(new URL("./index.js", import.meta.url));
+
+const STORE = "https://store.test/";
+const protectedRequest = () =>
+  new Request("https://edge.test/api/me", { headers: { authorization: "Bearer t" } });
+
+test("the session read's answer goes back under the number the step carried", async () => {
+  const realFetch = globalThis.fetch;
+  globalThis.fetch = async (url) => {
+    assert.equal(String(url), STORE);
+    return new Response('[{"result":null}]');
+  };
+  try {
+    glue({
+      plan: () => `S\t41\t${STORE}\t1000\tBearer store\n["MGET"]`,
+      planStored: () => new Response("refused", { status: 401 }),
+    });
+    const response = await entry.fetch(protectedRequest(), {}, {});
+    assert.equal(response.status, 401);
+    const stored = calls.find(([name]) => name === "planStored");
+    assert.deepEqual(stored.slice(2, 5), [41, 200, '[{"result":null}]']);
+  } finally {
+    globalThis.fetch = realFetch;
+  }
+});
+
+test("a number handed out before a trap replaced the instance never reaches the new one", async () => {
+  const realFetch = globalThis.fetch;
+  let answerStore;
+  globalThis.fetch = (url) => {
+    assert.equal(String(url), STORE);
+    return new Promise((resolve) => {
+      answerStore = () => resolve(new Response("[]"));
+    });
+  };
+  try {
+    let first = true;
+    glue({
+      plan: () => {
+        if (first) {
+          first = false;
+          return `S\t0\t${STORE}\t1000\tBearer store\n["MGET"]`;
+        }
+        throw new WebAssembly.RuntimeError("unreachable");
+      },
+      planStored: () => new Response("forwarded as someone else"),
+    });
+    // The first request waits on the store with number 0 of the old instance.
+    const waiting = entry.fetch(protectedRequest(), {}, {});
+    // Another request traps: the instance is replaced, and would count from 0 again.
+    const trapped = await entry.fetch(protectedRequest(), {}, {});
+    assert.equal(trapped.status, 500);
+    assert.ok(calls.some(([name]) => name === "reset"));
+    answerStore();
+    const response = await waiting;
+    assert.equal(await response.text(), "full path");
+    assert.ok(!calls.some(([name]) => name === "planStored"), "old number passed to the new instance");
+  } finally {
+    globalThis.fetch = realFetch;
+  }
+});
