@@ -146,6 +146,8 @@ async function checked(request, env, ctx, authorization, step) {
   const storeMs = Date.now() - readStarted;
   if (planned !== instance) return full(request, env, ctx);
   const next = planStored(env, Number(held), status, text, storeMs, Date.now() - started);
+  // `null`: the request is no longer held, or its claims no longer usable.
+  if (next === null) return full(request, env, ctx);
   if (next === undefined) return checkUnknown(request, env, authorization, cacheHit, storeMs, started);
   if (typeof next !== "string") return next;
   return forward(request, next);

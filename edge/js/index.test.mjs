@@ -85,6 +85,22 @@ test("the session read's answer goes back under the number the step carried", as
   }
 });
 
+test("a request no longer held takes the full path, not the origin's check", async () => {
+  const realFetch = globalThis.fetch;
+  globalThis.fetch = async () => new Response("[]");
+  try {
+    glue({
+      plan: () => `S\t9\t${STORE}\t1000\tBearer store\n["MGET"]`,
+      planStored: () => null,
+    });
+    const response = await entry.fetch(protectedRequest(), {}, {});
+    assert.equal(await response.text(), "full path");
+    assert.ok(!calls.some(([name]) => name === "checkUnknown"));
+  } finally {
+    globalThis.fetch = realFetch;
+  }
+});
+
 test("a number handed out before a trap replaced the instance never reaches the new one", async () => {
   const realFetch = globalThis.fetch;
   let answerStore;
@@ -119,4 +135,31 @@ test("a number handed out before a trap replaced the instance never reaches the 
   } finally {
     globalThis.fetch = realFetch;
   }
+});
+
+test("nor does one waiting on WebCrypto's signature check", async () => {
+  // A key pair of the platform's own, so the entry's WebCrypto check really runs.
+  const pair = await crypto.subtle.generateKey("Ed25519", true, ["sign", "verify"]);
+  const raw = new Uint8Array(await crypto.subtle.exportKey("raw", pair.publicKey));
+  const message = "header.payload";
+  const signature = new Uint8Array(await crypto.subtle.sign("Ed25519", pair.privateKey, new TextEncoder().encode(message)));
+  const hex = (bytes) => [...bytes].map((b) => b.toString(16).padStart(2, "0")).join("");
+  let first = true;
+  glue({
+    plan: () => {
+      if (first) {
+        first = false;
+        return `V\t3\t${hex(raw)}\t${hex(signature)}\n${message}`;
+      }
+      throw new WebAssembly.RuntimeError("unreachable");
+    },
+    planVerified: () => `S\t4\t${STORE}\t1000\tBearer store\n["MGET"]`,
+  });
+  // The first request's check is in flight when the second one traps.
+  const waiting = entry.fetch(protectedRequest(), {}, {});
+  const trapped = await entry.fetch(protectedRequest(), {}, {});
+  assert.equal(trapped.status, 500);
+  const response = await waiting;
+  assert.equal(await response.text(), "full path");
+  assert.ok(!calls.some(([name]) => name === "planVerified"), "old number passed to the new instance");
 });

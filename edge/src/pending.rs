@@ -8,6 +8,7 @@
 //! taken: the table is a ring of fixed size, and a new entry overwrites whatever was
 //! in its slot. A number whose slot was overwritten finds nothing, and its request
 //! takes the full path, which decides from the request itself: slower, never wrong.
+//! Each number is used once: the call that takes it removes it.
 
 /// A ring of `N` slots; number `n` lives in slot `n % N` until it is taken or
 /// overwritten. `N` is a power of two, so numbers wrapping past `u32::MAX` keep their
@@ -21,13 +22,18 @@ impl<T> Pending<T> {
     /// Room for `capacity` requests in flight at once (more than an isolate has): a
     /// power of two up to 2³¹.
     pub fn new(capacity: usize) -> Self {
+        Self::starting_at(capacity, 0)
+    }
+
+    /// Like [`new`](Self::new), handing out `first` first.
+    pub fn starting_at(capacity: usize, first: u32) -> Self {
         assert!(
             capacity.is_power_of_two() && capacity <= 1 << 31,
             "capacity must be a power of two up to 2^31"
         );
         Pending {
             slots: std::iter::repeat_with(|| None).take(capacity).collect(),
-            next: 0,
+            next: first,
         }
     }
 
@@ -45,9 +51,9 @@ impl<T> Pending<T> {
     }
 
     /// The value kept under `number`, if it is still there.
-    pub fn get_mut(&mut self, number: u32) -> Option<&mut T> {
+    pub fn get(&self, number: u32) -> Option<&T> {
         let slot = self.slot(number);
-        match &mut self.slots[slot] {
+        match &self.slots[slot] {
             Some((n, value)) if *n == number => Some(value),
             _ => None,
         }
@@ -73,11 +79,11 @@ mod tests {
         let a = pending.insert("a");
         let b = pending.insert("b");
         assert_ne!(a, b);
-        *pending.get_mut(b).unwrap() = "b2";
+        assert_eq!(pending.get(b), Some(&"b"));
         assert_eq!(pending.take(a), Some("a"));
         assert_eq!(pending.take(a), None);
-        assert_eq!(pending.get_mut(a), None);
-        assert_eq!(pending.take(b), Some("b2"));
+        assert_eq!(pending.get(a), None);
+        assert_eq!(pending.take(b), Some("b"));
     }
 
     #[test]
@@ -88,7 +94,7 @@ mod tests {
         // The fifth insert reused the abandoned entry's slot: its number is now
         // unknown, not an alias for someone else's request.
         assert_eq!(pending.take(abandoned), None);
-        assert_eq!(pending.get_mut(abandoned), None);
+        assert_eq!(pending.get(abandoned), None);
         for (i, number) in live.into_iter().enumerate() {
             assert_eq!(pending.take(number), Some(i as u32 + 1));
         }
@@ -103,8 +109,7 @@ mod tests {
 
     #[test]
     fn numbers_wrap_without_colliding_with_a_live_entry() {
-        let mut pending = Pending::new(4);
-        pending.next = u32::MAX - 1;
+        let mut pending = Pending::starting_at(4, u32::MAX - 1);
         let before = pending.insert('x');
         let at_max = pending.insert('y');
         let wrapped = pending.insert('z');

@@ -48,6 +48,25 @@ pub struct Held {
 }
 
 impl Held {
+    /// The claims the request may be forwarded with at `now`, after the store read:
+    /// verified, not expired (with `leeway`) and signed by a key still in `keys` (the
+    /// set usable now; `None` when it must be fetched first), as a key removed at the
+    /// origin may have left the set while the store was read. `None` sends the request
+    /// down the full path, which decides again from the request.
+    pub fn usable_claims(
+        &self,
+        keys: Option<&shared::KeySet>,
+        now: u64,
+        leeway: u64,
+    ) -> Option<&shared::VerifiedClaims> {
+        let claims = self.claims.as_ref()?;
+        if now >= claims.expires_at().saturating_add(leeway) {
+            return None;
+        }
+        keys?.get(claims.kid())?;
+        Some(claims)
+    }
+
     pub fn incoming(&self) -> Incoming<'_> {
         Incoming {
             method: &self.method,
@@ -441,6 +460,61 @@ mod tests {
         assert_eq!(
             expected.verify(&config.keys.upstream, &proof.1, 1000),
             Ok(())
+        );
+    }
+
+    fn held(claims: Option<shared::VerifiedClaims>) -> Held {
+        Held {
+            method: "GET".into(),
+            url: "https://e/api/me".into(),
+            header_names: "authorization".into(),
+            client_ip: None,
+            token: "t".into(),
+            claims,
+            cache_hit: false,
+        }
+    }
+
+    /// Claims verified at 1100 by the key of `seed`, expiring at 1900.
+    fn verified(seed: u8) -> (shared::VerifiedClaims, shared::KeySet) {
+        let key = shared::SigningKey::from_seed([seed; 32]);
+        let claims = shared::Claims {
+            iss: "i".into(),
+            aud: "a".into(),
+            sub: "u1".into(),
+            sid: "s1".into(),
+            jti: "j".into(),
+            iat: 1000,
+            nbf: 1000,
+            exp: 1900,
+            scope: "profile".into(),
+        };
+        let keys = shared::KeySet::new(vec![key.verifying_key()]).unwrap();
+        let verified = shared::Validator::new("i", "a")
+            .verify(key.sign(&claims).unwrap().as_bytes(), &keys, 1100)
+            .unwrap();
+        (verified, keys)
+    }
+
+    #[test]
+    fn held_claims_are_used_only_while_unexpired_and_their_key_is_still_trusted() {
+        let (claims, keys) = verified(3);
+        let (_, other_keys) = verified(4);
+        let held = held(Some(claims));
+        assert!(held.usable_claims(Some(&keys), 1200, 30).is_some());
+        // Expired while the store was read (leeway included).
+        assert!(held.usable_claims(Some(&keys), 1929, 30).is_some());
+        assert!(held.usable_claims(Some(&keys), 1930, 30).is_none());
+        // The key was removed while the store was read (a JWKS refresh without it):
+        // the request must not be forwarded on the old verification.
+        assert!(held.usable_claims(Some(&other_keys), 1200, 30).is_none());
+        // The set must be fetched again before anything is decided.
+        assert!(held.usable_claims(None, 1200, 30).is_none());
+        // Never verified.
+        assert!(
+            self::held(None)
+                .usable_claims(Some(&keys), 1200, 30)
+                .is_none()
         );
     }
 

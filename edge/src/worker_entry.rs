@@ -38,7 +38,11 @@ thread_local! {
     static VERIFIED: RefCell<VerifiedCache> = RefCell::new(VerifiedCache::new(10_000));
     /// Protected requests between the entry's calls (`plan` → `planVerified` →
     /// `planStored`), by the number their steps carry.
-    static PENDING: RefCell<Pending<Held>> = RefCell::new(Pending::new(1024));
+    /// Numbers start at a random point per instance: should the instance ever be
+    /// replaced without the entry noticing (it counts the resets it makes), an old
+    /// number is still all but certain to find nothing in the new one.
+    static PENDING: RefCell<Pending<Held>> =
+        RefCell::new(Pending::starting_at(1024, (js_sys::Math::random() * 4_294_967_296.0) as u32));
     static KEYS: RefCell<KeyCache> = RefCell::new(KeyCache::default());
     /// When the JWKS fetch in flight started, if one is: one per isolate.
     static KEY_FETCH: std::cell::Cell<Option<f64>> = const { std::cell::Cell::new(None) };
@@ -163,7 +167,7 @@ pub fn plan(
     PENDING.with(|p| {
         let mut pending = p.borrow_mut();
         let number = pending.insert(held);
-        let step = match (&check, pending.get_mut(number)?.claims.as_ref()) {
+        let step = match (&check, pending.get(number)?.claims.as_ref()) {
             (Some(check), _) => Some(crate::plan::verify_step(number, check)),
             (None, Some(claims)) => read_step(number, &config, claims),
             (None, None) => None,
@@ -188,9 +192,11 @@ pub fn plan_verified(
 ) -> JsValue {
     let step = || -> Option<std::result::Result<String, shared::Error>> {
         let config = config(env).ok()?;
+        // The number is used once: taken here whatever happens, and a verified request
+        // goes on under a new one.
         PENDING.with(|p| {
             let mut pending = p.borrow_mut();
-            let held = pending.get_mut(number)?;
+            let mut held = pending.take(number)?;
             let now = now();
             let keys = usable_keys(&config, &peek_kid(&held.token)?, now)?;
             let key = crate::plan::unhex::<32>(key_hex)?;
@@ -205,14 +211,12 @@ pub fn plan_verified(
             match verified {
                 Ok(claims) => {
                     VERIFIED.with(|c| c.borrow_mut().insert(&held.token, claims.clone()));
-                    let step = read_step(number, &config, &claims);
                     held.claims = Some(claims);
-                    step.map(Ok)
+                    let number = pending.insert(held);
+                    let claims = pending.get(number)?.claims.as_ref()?;
+                    read_step(number, &config, claims).map(Ok)
                 }
-                Err(e) => {
-                    pending.take(number);
-                    Some(Err(e))
-                }
+                Err(e) => Some(Err(e)),
             }
         })
     };
@@ -232,9 +236,9 @@ pub fn plan_verified(
 }
 
 /// The entry's call with the store's answer for the request `number` (`status` 0:
-/// none): the forward plan, the refusal (a `Response`), or `undefined` when the store
-/// could not say or the request is no longer held, and the entry calls
-/// [`check_unknown`].
+/// none): the forward plan, the refusal (a `Response`), `undefined` when the store
+/// could not say (the entry calls [`check_unknown`]), or `null` when the request is
+/// no longer held or its claims no longer usable (the entry takes the full path).
 #[wasm_bindgen::prelude::wasm_bindgen(js_name = planStored)]
 pub fn plan_stored(
     env: &Env,
@@ -248,17 +252,18 @@ pub fn plan_stored(
     let Ok(config) = config(env) else {
         return JsValue::UNDEFINED;
     };
+    // Not held (its slot reused), or no longer usable (expired, or its key removed,
+    // while the store was read): the full path decides from the request again.
     let Some(held) = PENDING.with(|p| p.borrow_mut().take(number)) else {
-        return JsValue::UNDEFINED;
+        return JsValue::NULL;
     };
-    // The token may have expired while the store was read: the full path refuses it.
-    let leeway = config.validator.limits().leeway;
-    let Some(claims) = held
+    let keys = held
         .claims
         .as_ref()
-        .filter(|c| now < c.expires_at().saturating_add(leeway))
-    else {
-        return JsValue::UNDEFINED;
+        .and_then(|c| usable_keys(&config, c.kid(), now));
+    let leeway = config.validator.limits().leeway;
+    let Some(claims) = held.usable_claims(keys.as_deref(), now, leeway) else {
+        return JsValue::NULL;
     };
     let decision = store::parse_mget(status, body.as_bytes()).map_or(Decision::Unknown, |values| {
         store::decide(claims, &values, now)
