@@ -19,6 +19,9 @@ pub mod store;
 pub mod sync;
 pub mod verify;
 
+#[cfg(test)]
+mod testing;
+
 #[cfg(target_arch = "wasm32")]
 mod worker_entry;
 

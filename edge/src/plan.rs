@@ -475,31 +475,10 @@ mod tests {
         }
     }
 
-    /// Claims verified at 1100 by the key of `seed`, expiring at 1900.
-    fn verified(seed: u8) -> (shared::VerifiedClaims, shared::KeySet) {
-        let key = shared::SigningKey::from_seed([seed; 32]);
-        let claims = shared::Claims {
-            iss: "i".into(),
-            aud: "a".into(),
-            sub: "u1".into(),
-            sid: "s1".into(),
-            jti: "j".into(),
-            iat: 1000,
-            nbf: 1000,
-            exp: 1900,
-            scope: "profile".into(),
-        };
-        let keys = shared::KeySet::new(vec![key.verifying_key()]).unwrap();
-        let verified = shared::Validator::new("i", "a")
-            .verify(key.sign(&claims).unwrap().as_bytes(), &keys, 1100)
-            .unwrap();
-        (verified, keys)
-    }
-
     #[test]
     fn held_claims_are_used_only_while_unexpired_and_their_key_is_still_trusted() {
-        let (claims, keys) = verified(3);
-        let (_, other_keys) = verified(4);
+        let (claims, keys) = crate::testing::verified(3);
+        let (_, other_keys) = crate::testing::verified(4);
         let held = held(Some(claims));
         assert!(held.usable_claims(Some(&keys), 1200, 30).is_some());
         // Expired while the store was read (leeway included).

@@ -91,25 +91,9 @@ pub fn parse_fallback(body: &[u8]) -> Option<Option<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use shared::{Claims, KeySet, SigningKey, Validator};
 
     fn claims() -> VerifiedClaims {
-        let key = SigningKey::from_seed([3; 32]);
-        let c = Claims {
-            iss: "i".into(),
-            aud: "a".into(),
-            sub: "u1".into(),
-            sid: "s1".into(),
-            jti: "j".into(),
-            iat: 1000,
-            nbf: 1000,
-            exp: 1900,
-            scope: "profile".into(),
-        };
-        let keys = KeySet::new(vec![key.verifying_key()]).unwrap();
-        Validator::new("i", "a")
-            .verify(key.sign(&c).unwrap().as_bytes(), &keys, 1100)
-            .unwrap()
+        crate::testing::verified(3).0
     }
 
     fn record() -> SessionRecord {
