@@ -41,13 +41,13 @@ impl<T> Pending<T> {
         number as usize % self.slots.len()
     }
 
-    /// Keeps `value` and returns its number.
-    pub fn insert(&mut self, value: T) -> u32 {
+    /// Keeps `value`, and returns its number and the value as kept.
+    pub fn insert(&mut self, value: T) -> (u32, &T) {
         let number = self.next;
         self.next = self.next.wrapping_add(1);
         let slot = self.slot(number);
-        self.slots[slot] = Some((number, value));
-        number
+        let (_, kept) = self.slots[slot].insert((number, value));
+        (number, kept)
     }
 
     /// The value kept under `number`, if it is still there.
@@ -76,8 +76,8 @@ mod tests {
     #[test]
     fn a_value_is_taken_once_by_its_own_number() {
         let mut pending = Pending::new(4);
-        let a = pending.insert("a");
-        let b = pending.insert("b");
+        let a = pending.insert("a").0;
+        let b = pending.insert("b").0;
         assert_ne!(a, b);
         assert_eq!(pending.get(b), Some(&"b"));
         assert_eq!(pending.take(a), Some("a"));
@@ -89,8 +89,8 @@ mod tests {
     #[test]
     fn abandoned_entries_are_overwritten_and_their_numbers_find_nothing() {
         let mut pending = Pending::new(4);
-        let abandoned = pending.insert(0);
-        let live: Vec<u32> = (1..=4).map(|i| pending.insert(i)).collect();
+        let abandoned = pending.insert(0).0;
+        let live: Vec<u32> = (1..=4).map(|i| pending.insert(i).0).collect();
         // The fifth insert reused the abandoned entry's slot: its number is now
         // unknown, not an alias for someone else's request.
         assert_eq!(pending.take(abandoned), None);
@@ -110,9 +110,9 @@ mod tests {
     #[test]
     fn numbers_wrap_without_colliding_with_a_live_entry() {
         let mut pending = Pending::starting_at(4, u32::MAX - 1);
-        let before = pending.insert('x');
-        let at_max = pending.insert('y');
-        let wrapped = pending.insert('z');
+        let before = pending.insert('x').0;
+        let at_max = pending.insert('y').0;
+        let wrapped = pending.insert('z').0;
         assert_eq!((before, at_max, wrapped), (u32::MAX - 1, u32::MAX, 0));
         assert_eq!(pending.take(before), Some('x'));
         assert_eq!(pending.take(at_max), Some('y'));

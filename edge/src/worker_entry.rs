@@ -166,8 +166,8 @@ pub fn plan(
     };
     PENDING.with(|p| {
         let mut pending = p.borrow_mut();
-        let number = pending.insert(held);
-        let step = match (&check, pending.get(number)?.claims.as_ref()) {
+        let (number, held) = pending.insert(held);
+        let step = match (&check, &held.claims) {
             (Some(check), _) => Some(crate::plan::verify_step(number, check)),
             (None, Some(claims)) => read_step(number, &config, claims),
             (None, None) => None,
@@ -212,9 +212,8 @@ pub fn plan_verified(
                 Ok(claims) => {
                     VERIFIED.with(|c| c.borrow_mut().insert(&held.token, claims.clone()));
                     held.claims = Some(claims);
-                    let number = pending.insert(held);
-                    let claims = pending.get(number)?.claims.as_ref()?;
-                    read_step(number, &config, claims).map(Ok)
+                    let (number, held) = pending.insert(held);
+                    read_step(number, &config, held.claims.as_ref()?).map(Ok)
                 }
                 Err(e) => Some(Err(e)),
             }
