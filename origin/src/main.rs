@@ -159,7 +159,11 @@ async fn run(config: Config) -> Result<(), String> {
     );
     let state = AppState {
         publisher,
-        lane: origin::db::lane::Lane::new(db.clone(), LANE_SIZE),
+        rotations: origin::db::rotations::Rotations::new(
+            origin::db::lane::Lane::new(db.clone(), origin::db::rotations::RUNNERS),
+            config.session_idle_ttl_secs,
+            config.access_token_ttl_secs,
+        ),
         db,
         throttle: Arc::new(Throttle::new(store.clone())),
         store,
@@ -224,12 +228,11 @@ async fn run(config: Config) -> Result<(), String> {
     Ok(())
 }
 
-/// The origin's Postgres connections: at most 24, 8 in the pool and 16 in the
-/// refresh lane (`origin::db::lane`), which only the rotation statement uses. The
-/// lane opens its connections as load needs them; three origins under full load
-/// hold 72 of Postgres's default `max_connections` of 100.
+/// The origin's Postgres connections: at most 9, 8 in the pool and one for each
+/// runner of the rotation statement (`origin::db::rotations`, one) in the refresh
+/// lane (`origin::db::lane`), opened when first needed; three origins under full
+/// load hold 27 of Postgres's default `max_connections` of 100.
 const POOL_SIZE: u32 = 8;
-const LANE_SIZE: usize = 16;
 
 /// Waits up to 30 s for Postgres at start (containers often start together).
 async fn connect_db(url: &str) -> Result<sqlx::PgPool, String> {

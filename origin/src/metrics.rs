@@ -25,6 +25,8 @@ pub struct Metrics {
     pub login_seconds: Histogram,
     pub refreshes: Family<Outcome, Counter>,
     pub refresh_seconds: Histogram,
+    /// Refreshes per rotation statement (`crate::db::rotations`).
+    pub refresh_batch: Histogram,
     pub validations: Family<Outcome, Counter>,
     pub reuse_detected: Family<Cause, Counter>,
     pub redis_errors: Counter,
@@ -46,6 +48,7 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         login_seconds: latency(),
         refreshes: Family::default(),
         refresh_seconds: latency(),
+        refresh_batch: Histogram::new(exponential_buckets(1.0, 2.0, 8)),
         validations: Family::default(),
         reuse_detected: Family::default(),
         redis_errors: Counter::default(),
@@ -69,6 +72,11 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "refresh_duration_seconds",
         "Refresh latency",
         m.refresh_seconds.clone(),
+    );
+    registry.register(
+        "refresh_batch_size",
+        "Refreshes rotated together by one statement",
+        m.refresh_batch.clone(),
     );
     registry.register(
         "validations",

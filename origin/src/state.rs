@@ -18,8 +18,8 @@ use crate::throttle::Throttle;
 #[derive(Clone)]
 pub struct AppState {
     pub db: PgPool,
-    /// Connections for the common refresh's statement, without the pool's pings.
-    pub lane: crate::db::lane::Lane,
+    /// The common refresh's statement, run for the refreshes that arrive together.
+    pub rotations: crate::db::rotations::Rotations,
     pub store: Store,
     pub keys: Arc<Keys>,
     pub validator: Arc<Validator>,

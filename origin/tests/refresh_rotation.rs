@@ -77,6 +77,74 @@ async fn fifty_concurrent_refreshes_create_at_most_one_new_token() {
 const ROUNDS: i64 = 5;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refreshes_rotated_together_each_get_their_own_session_back() {
+    // The origin rotates the refreshes that arrive together in one statement
+    // (origin::db::rotations) and matches its rows back to their requests by position.
+    // A mix-up would hand one client another's session: each must get its own back,
+    // rotated once, and its new token must work.
+    // Arrange: 24 sessions of 3 users.
+    let origin = Origin::start().await;
+    let mut sessions = Vec::new();
+    for _ in 0..3 {
+        let user = origin.new_user().await;
+        for _ in 0..8 {
+            sessions.push(origin.login_ok(&user.username, &user.password).await);
+        }
+    }
+
+    for round in 1..=3 {
+        // Act: every session refreshes at once.
+        let replies =
+            futures::future::join_all(sessions.iter().map(|t| origin.refresh(t.refresh()))).await;
+
+        // Assert
+        let mut next = Vec::new();
+        for (before, reply) in sessions.iter().zip(replies) {
+            assert_eq!(
+                reply.status,
+                StatusCode::OK,
+                "round {round}: {}",
+                reply.text()
+            );
+            let after = Tokens(reply.json());
+            assert_eq!(
+                (after.sub(), after.sid()),
+                (before.sub(), before.sid()),
+                "round {round}: a refresh came back with another session"
+            );
+            next.push(after);
+        }
+        sessions = next;
+    }
+    for t in &sessions {
+        assert_eq!(origin.me(t.access()).await.status, StatusCode::OK);
+        let rows: i64 =
+            sqlx::query_scalar("select count(*) from refresh_token where session_id::text = $1")
+                .bind(t.sid())
+                .fetch_one(&origin.pg)
+                .await
+                .unwrap();
+        assert_eq!(rows, 4, "the login's token and one per round");
+    }
+    // And they did go together: fewer statements than refreshes.
+    let metrics = origin.get(origin.ops_url("/metrics")).await.text();
+    let value = |name: &str| -> f64 {
+        let line = metrics.lines().find(|l| l.starts_with(name));
+        line.and_then(|l| l.split(' ').nth(1)?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in:\n{metrics}"))
+    };
+    let (refreshes, statements) = (
+        value("auth_refresh_batch_size_sum"),
+        value("auth_refresh_batch_size_count"),
+    );
+    assert_eq!(refreshes, 72.0, "every refresh went through a batch");
+    assert!(
+        statements < refreshes,
+        "{statements} statements for {refreshes} refreshes"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replaying_a_token_two_rotations_old_revokes_the_session() {
     // Arrange: t0 → t1 → t2, no grace window, so any reuse is theft.
     let mut origin = Origin::start_with(&[("REFRESH_GRACE_SECS", "0")]).await;

@@ -1,9 +1,10 @@
 //! `POST /auth/refresh`: rotation with reuse detection (DESIGN.md §2).
 //!
 //! The common case, the current token of an active session, is one statement
-//! (`crate::db::sessions::rotate_current`): its update of the token row takes that
-//! row's lock, so of concurrent presentations of one token, on one origin or several,
-//! exactly one rotates. Anything else is decided under row locks on the session and
+//! (`crate::db::sessions::rotate_current`, run for the refreshes that arrive together
+//! by `crate::db::rotations`): its update of the token row takes that row's lock, so
+//! of concurrent presentations of one token, on one origin or several, exactly one
+//! rotates. Anything else is decided under row locks on the session and
 //! the token (`crate::db::sessions::lock_by_token`), by [`judge`], a plain function of
 //! the locked rows: a rotated token inside the grace window gets the successor the
 //! winner created (unsealed with the token it holds), so a lost response or two tabs
@@ -23,10 +24,9 @@ use serde_json::json;
 use super::cookie::{self, Delivery};
 use super::tokens::RefreshToken;
 use super::{ClientInfo, TokenResponse, issue};
-use crate::config::Config;
 use crate::db;
-use crate::db::lane;
-use crate::db::sessions::{Presented, Rotation};
+use crate::db::rotations::NotRun;
+use crate::db::sessions::{Presentation, Presented, Rotation};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::Json;
 use crate::metrics::{Cause, METRICS, Outcome};
@@ -134,23 +134,6 @@ pub fn judge(
     }
 }
 
-/// The common case's statement (`db::sessions::rotate_current`) on `db`.
-async fn rotate(
-    db: &mut sqlx::PgConnection,
-    hash: &[u8],
-    rotation: &Rotation<'_>,
-    config: &Config,
-) -> sqlx::Result<Option<db::sessions::SessionRow>> {
-    db::sessions::rotate_current(
-        db,
-        hash,
-        rotation,
-        config.session_idle_ttl_secs,
-        config.access_token_ttl_secs,
-    )
-    .await
-}
-
 async fn exchange(
     state: &AppState,
     client: &ClientInfo,
@@ -158,32 +141,38 @@ async fn exchange(
 ) -> ApiResult<TokenResponse> {
     let token = RefreshToken::parse(presented).ok_or(ApiError::InvalidGrant)?;
     let config = &state.config;
-    let ip = client.ip.to_string();
     // The common case, the current token of an active session, in one statement.
     let successor = RefreshToken::generate();
     let rotation = Rotation {
-        ip: &ip,
-        user_agent: client.user_agent.as_deref(),
+        ip: client.ip.to_string(),
+        user_agent: client.user_agent.clone(),
         sealed_successor: token.seal(&successor),
         successor_id: uuid::Uuid::new_v4(),
         successor_hash: successor.hash(),
     };
-    // On a lane connection, without the pool's pings, else through the pool
-    // (crate::db::lane). A second run after a lost answer is harmless: the first run's
-    // successor is sealed under the presented token, and the grace window below hands
-    // it out.
-    let hash = token.hash();
-    let mut found = None;
-    if let Some(mut taken) = state.lane.take().await {
-        found = lane::attempt(rotate(taken.conn(), &hash, &rotation, config)).await;
-        if found.is_some() {
-            taken.done();
-        }
-    }
-    let found = match found {
-        Some(found) => found,
-        None => rotate(&mut *state.db.acquire().await?, &hash, &rotation, config).await?,
+    // Together with the refreshes arriving meanwhile, else (NotRun) alone through the
+    // pool (crate::db::rotations). A second run after a lost answer is harmless: the
+    // first run's successor is sealed under the presented token, and the grace window
+    // below hands it out.
+    // A copy goes to the batch (a few short strings): this request keeps its own for
+    // the pool and for the locked path below.
+    let presented = [Presentation {
+        token_hash: token.hash(),
+        rotation,
+    }];
+    let found = match state.rotations.rotate(presented[0].clone()).await {
+        Ok(found) => found,
+        Err(NotRun) => db::sessions::rotate_current(
+            &state.db,
+            &presented,
+            config.session_idle_ttl_secs,
+            config.access_token_ttl_secs,
+        )
+        .await?
+        .pop()
+        .map(|(_, row)| row),
     };
+    let [Presentation { rotation, .. }] = presented;
     if let Some(session) = found {
         let response = issue(state, &session, &successor)?;
         state.publisher.sessions(vec![session]).await?;

@@ -1,4 +1,4 @@
-//! Connections for the common refresh's one statement, handed out without pings.
+//! Connections for the common refresh's statement, handed out without pings.
 //!
 //! sqlx 0.8's pool tests a connection with a `Sync` round trip before handing it out
 //! (`test_before_acquire`) and again when it comes back (`return_to_pool`, which no
@@ -7,11 +7,11 @@
 //! Measured with `BENCH_ONLY=refresh scripts/bench` (README, "Refreshes ÷ pgbench"):
 //! the origin's CPU per refresh 131–142 µs with 8 lane connections that callers did
 //! not wait for (the rest went through the pool), 109–117 µs with 16 that they wait
-//! for.
+//! for. Its callers are now the runners of `crate::db::rotations`, one connection each.
 //!
 //! The lane holds connections taken out of the pool (`detach`), at most `size`, and
 //! hands them out as they are. One goes back only after its statement succeeded; one
-//! whose statement failed, ran out of its budget, or whose request was dropped
+//! whose statement failed, ran out of its budget, or whose caller was dropped
 //! mid-statement is closed, so a connection in an unknown state is never reused.
 //! When every lane connection is busy a caller waits for one, up to
 //! [`ATTEMPT_BUDGET`], and then goes through the pool: a queue on the lane is

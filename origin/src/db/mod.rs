@@ -8,5 +8,6 @@
 
 pub mod lane;
 pub mod outbox;
+pub mod rotations;
 pub mod sessions;
 pub mod users;

@@ -71,51 +71,91 @@ pub async fn create(
     .await
 }
 
-/// The common refresh in one statement, outside any transaction: if `token_hash` is
-/// its session's current token and the session is active (not revoked, not past its
-/// absolute or idle end), rotates it (as [`rotate`] does) and returns the session.
-/// `None` otherwise: a rotated token (a retry or a reuse), or anything invalid, which
-/// the caller decides under [`lock_by_token`]'s locks.
+/// A refresh presenting what may be its session's current token, for
+/// [`rotate_current`].
+#[derive(Clone)]
+pub struct Presentation {
+    pub token_hash: Vec<u8>,
+    pub rotation: Rotation,
+}
+
+/// The common refresh, for any number of presentations in one statement outside any
+/// transaction: each whose `token_hash` is its session's current token, of an active
+/// session (not revoked, not past its absolute or idle end), is rotated (as [`rotate`]
+/// does). Returns the rotated sessions with the index of their presentation; a
+/// presentation without a row is anything else (a rotated token: a retry or a reuse;
+/// or anything invalid), which the caller decides under [`lock_by_token`]'s locks.
 ///
-/// One winner among concurrent presentations of one token: the first `update` takes
-/// the token row's lock; the others wait, re-check `rotated_at is null` against the
-/// committed row and update nothing. A logout committing meanwhile makes the session
-/// update find the row revoked and write nothing; the token claim alone is harmless
-/// (the session is dead) and the caller finds it so.
+/// One statement, one commit, for many: `crate::db::rotations` gathers the refreshes
+/// that arrive while earlier ones are running, so under load Postgres does one
+/// round trip and one WAL flush for a batch instead of one per refresh. The
+/// presentations are independent: one matching nothing takes nothing from the others.
+///
+/// One winner among concurrent presentations of one token, in one batch or several,
+/// on one origin or several: the first `update` of the token row takes its lock; the
+/// others wait, re-check `rotated_at is null` against the committed row and update
+/// nothing (within one statement, a row joined twice is updated once, and `returning`
+/// names the presentation that updated it). A logout committing meanwhile makes the
+/// session update find the row revoked and write nothing; the token claim alone is
+/// harmless (the session is dead) and the caller finds it so.
 pub async fn rotate_current(
     db: impl sqlx::PgExecutor<'_>,
-    token_hash: &[u8],
-    rotation: &Rotation<'_>,
+    presented: &[Presentation],
     idle_ttl_secs: u64,
     access_ttl_secs: u64,
-) -> sqlx::Result<Option<SessionRow>> {
-    sqlx::query_as(&format!(
-        "with claimed as ( \
-             update refresh_token t set rotated_at = now(), rotated_ip = $2, rotated_user_agent = $3, child_sealed = $4 \
-             from session s \
-             where t.token_hash = $1 and t.rotated_at is null and s.id = t.session_id \
+) -> sqlx::Result<Vec<(usize, SessionRow)>> {
+    let rotations = || presented.iter().map(|p| &p.rotation);
+    let hashes: Vec<&[u8]> = presented.iter().map(|p| &p.token_hash[..]).collect();
+    let ips: Vec<&str> = rotations().map(|r| r.ip.as_str()).collect();
+    let agents: Vec<Option<&str>> = rotations().map(|r| r.user_agent.as_deref()).collect();
+    let sealed: Vec<&[u8]> = rotations().map(|r| &r.sealed_successor[..]).collect();
+    let ids: Vec<Uuid> = rotations().map(|r| r.successor_id).collect();
+    let successors: Vec<&[u8]> = rotations().map(|r| &r.successor_hash[..]).collect();
+    let rows: Vec<Rotated> = sqlx::query_as(&format!(
+        "with i as ( \
+             select * from unnest($1::bytea[], $2::text[], $3::text[], $4::bytea[], $5::uuid[], $6::bytea[]) \
+                 with ordinality as i (token_hash, ip, user_agent, sealed, child_id, child_hash, n)), \
+         claimed as ( \
+             update refresh_token t set rotated_at = now(), rotated_ip = i.ip, rotated_user_agent = i.user_agent, \
+                                        child_sealed = i.sealed \
+             from i, session s \
+             where t.token_hash = i.token_hash and t.rotated_at is null and s.id = t.session_id \
                and s.revoked_at is null and s.expires_at > now() \
                and s.last_used_at + make_interval(secs => $7) > now() \
-             returning t.session_id), \
+             returning t.session_id, i.n, i.child_id, i.child_hash), \
          child as ( \
-             insert into refresh_token (id, session_id, token_hash) select $5, session_id, $6 from claimed), \
+             insert into refresh_token (id, session_id, token_hash) select child_id, session_id, child_hash from claimed), \
          s as ( \
              update session set last_used_at = now(), access_expires_at = now() + make_interval(secs => $8), \
                                 version = version + 1 \
              where id in (select session_id from claimed) and revoked_at is null returning *), \
-         o as (insert into store_outbox (user_id, session_id) select user_id, id from s returning id) \
-         select {COLUMNS}, (select id from o) as outbox_id from s"
+         o as (insert into store_outbox (user_id, session_id) select user_id, id from s returning id, session_id) \
+         select c.n, {COLUMNS}, o.id as outbox_id \
+         from s join claimed c on c.session_id = s.id join o on o.session_id = s.id"
     ))
-    .bind(token_hash)
-    .bind(rotation.ip)
-    .bind(rotation.user_agent)
-    .bind(&rotation.sealed_successor)
-    .bind(rotation.successor_id)
-    .bind(&rotation.successor_hash)
+    .bind(hashes)
+    .bind(ips)
+    .bind(agents)
+    .bind(sealed)
+    .bind(ids)
+    .bind(successors)
     .bind(idle_ttl_secs as f64)
     .bind(access_ttl_secs as f64)
-    .fetch_optional(db)
-    .await
+    .fetch_all(db)
+    .await?;
+    // `with ordinality` counts from 1.
+    Ok(rows
+        .into_iter()
+        .filter_map(|r| Some((usize::try_from(r.n).ok()?.checked_sub(1)?, r.session)))
+        .collect())
+}
+
+/// A row of [`rotate_current`]: the presentation's place (from 1) and its session.
+#[derive(sqlx::FromRow)]
+struct Rotated {
+    n: i64,
+    #[sqlx(flatten)]
+    session: SessionRow,
 }
 
 /// A presented refresh token with its session, both rows locked.
@@ -150,9 +190,10 @@ pub async fn lock_by_token(
 }
 
 /// Who rotated a token, for the security event of a later reuse.
-pub struct Rotation<'a> {
-    pub ip: &'a str,
-    pub user_agent: Option<&'a str>,
+#[derive(Clone)]
+pub struct Rotation {
+    pub ip: String,
+    pub user_agent: Option<String>,
     /// The successor sealed under the rotated token (the grace-window retry).
     pub sealed_successor: Vec<u8>,
     pub successor_id: Uuid,
@@ -167,7 +208,7 @@ pub async fn rotate(
     tx: &mut PgConnection,
     token_id: Uuid,
     session_id: Uuid,
-    rotation: &Rotation<'_>,
+    rotation: &Rotation,
     access_ttl_secs: u64,
 ) -> sqlx::Result<Option<SessionRow>> {
     sqlx::query_as(&format!(
@@ -185,8 +226,8 @@ pub async fn rotate(
     ))
     .bind(token_id)
     .bind(session_id)
-    .bind(rotation.ip)
-    .bind(rotation.user_agent)
+    .bind(&rotation.ip)
+    .bind(rotation.user_agent.as_deref())
     .bind(&rotation.sealed_successor)
     .bind(rotation.successor_id)
     .bind(&rotation.successor_hash)
