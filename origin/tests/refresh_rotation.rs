@@ -144,6 +144,73 @@ async fn refreshes_rotated_together_each_get_their_own_session_back() {
     );
 }
 
+/// On the current-thread runtime, so every job below is queued before the runner first
+/// runs: one batch.
+#[tokio::test]
+async fn a_batch_held_up_by_a_locked_row_gives_up_in_time_and_commits_nothing_later() {
+    use origin::auth::tokens::RefreshToken;
+    use origin::db::lane::{ATTEMPT_BUDGET, Lane};
+    use origin::db::rotations::{NotRun, RUNNERS, Rotations};
+    use origin::db::sessions::{Presentation, Rotation};
+
+    // A batch waits for every row it touches. One row held elsewhere must not hold the
+    // whole batch for the lane's budget, nor let it commit after its refreshes were
+    // told to run again without it (they would then find their tokens rotated by
+    // a batch whose answer nobody got).
+    // Arrange: four sessions; another transaction holds the first one's token row.
+    let origin = Origin::start().await;
+    let user = origin.new_user().await;
+    let mut hashes = Vec::new();
+    for _ in 0..4 {
+        let login = origin.login_ok(&user.username, &user.password).await;
+        hashes.push(RefreshToken::parse(login.refresh()).unwrap().hash());
+    }
+    let mut holder = origin.pg.begin().await.unwrap();
+    sqlx::query("select 1 from refresh_token where token_hash = $1 for update")
+        .bind(&hashes[0])
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let rotations = Rotations::new(Lane::new(origin.pg.clone(), RUNNERS), 604_800, 900);
+    let presentation = |hash: &Vec<u8>| Presentation {
+        token_hash: hash.clone(),
+        rotation: Rotation {
+            ip: "192.0.2.1".into(),
+            user_agent: None,
+            sealed_successor: vec![0; 32],
+            successor_id: uuid::Uuid::new_v4(),
+            successor_hash: RefreshToken::generate().hash(),
+        },
+    };
+
+    // Act
+    let started = std::time::Instant::now();
+    let answers =
+        futures::future::join_all(hashes.iter().map(|h| rotations.rotate(presentation(h)))).await;
+    let waited = started.elapsed();
+    holder.rollback().await.unwrap();
+
+    // Assert
+    assert!(
+        answers.iter().all(|a| matches!(a, Err(NotRun))),
+        "the batch is given up, each refresh to run again alone"
+    );
+    assert!(
+        waited < ATTEMPT_BUDGET,
+        "gave up after {waited:?}: a locked row held the batch for the lane's whole budget"
+    );
+    // A statement still waiting for the row would commit as soon as it is free.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let rotated: i64 = sqlx::query_scalar(
+        "select count(*) from refresh_token where token_hash = any($1) and rotated_at is not null",
+    )
+    .bind(&hashes)
+    .fetch_one(&origin.pg)
+    .await
+    .unwrap();
+    assert_eq!(rotated, 0, "the given-up batch committed later");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replaying_a_token_two_rotations_old_revokes_the_session() {
     // Arrange: t0 → t1 → t2, no grace window, so any reuse is theft.

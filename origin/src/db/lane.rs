@@ -10,18 +10,19 @@
 //! for. Its callers are now the runners of `crate::db::rotations`, one connection each.
 //!
 //! The lane holds connections taken out of the pool (`detach`), at most `size`, and
-//! hands them out as they are. One goes back only after its statement succeeded; one
-//! whose statement failed, ran out of its budget, or whose caller was dropped
-//! mid-statement is closed, so a connection in an unknown state is never reused.
-//! When every lane connection is busy a caller waits for one, up to
-//! [`ATTEMPT_BUDGET`], and then goes through the pool: a queue on the lane is
-//! cheaper than one on the pool, whose every hand-out pays the pings.
+//! hands them out as they are, with their own time limits ([`LIMITS`]). One goes back
+//! only after its statement succeeded; one whose statement failed, ran out of its
+//! budget, or whose caller was dropped mid-statement is closed, so a connection in an
+//! unknown state is never reused. When every lane connection is busy a caller waits
+//! for one, up to [`ATTEMPT_BUDGET`] (with one runner and one connection, nobody
+//! waits).
 //!
 //! Without the ping, a connection Postgres has closed (a restart, a failover, a cut
 //! link) is found by the statement itself, and a link gone silent by its budget
-//! ([`attempt`]). The caller then runs the statement again through the pool, whose
-//! ping replaces dead connections. So the lane is only for a statement whose second
-//! run is harmless even when the first committed and only its answer was lost.
+//! ([`attempt`]). Each refresh of the batch then runs the statement again alone
+//! through the pool, whose ping replaces dead connections. So the lane is only for a
+//! statement whose second run is harmless even when the first committed and only its
+//! answer was lost.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -33,6 +34,18 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 /// take on one, before it goes through the pool instead: the pool's own budget for
 /// handing out a connection.
 pub const ATTEMPT_BUDGET: Duration = Duration::from_secs(3);
+
+/// Postgres gives up a lane statement itself before its caller stops waiting for it
+/// ([`ATTEMPT_BUDGET`]): a statement the caller has given up on and runs again
+/// elsewhere must not commit later (a backend waiting for a row lock does not notice
+/// its client has gone). And it waits for a row lock at most half a second: a batch of
+/// refreshes (`crate::db::rotations`) waits for every row it touches, so one row held
+/// elsewhere would otherwise hold them all. The given-up refreshes run again alone,
+/// through the pool, and only the one whose row is held waits for it. Within a
+/// second, Postgres's `deadlock_timeout`, so of a batch and a transaction waiting for
+/// each other's rows the batch gives way.
+const LIMITS: &str = "select set_config('statement_timeout', '2500ms', false), \
+                             set_config('lock_timeout', '500ms', false)";
 
 #[derive(Clone)]
 pub struct Lane {
@@ -72,7 +85,11 @@ impl Lane {
         let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
         let conn = match idle {
             Some(conn) => conn,
-            None => self.pool.acquire().await.ok()?.detach(),
+            None => {
+                let mut conn = self.pool.acquire().await.ok()?.detach();
+                sqlx::query(LIMITS).execute(&mut conn).await.ok()?;
+                conn
+            }
         };
         Some(Taken {
             conn: Some(conn),

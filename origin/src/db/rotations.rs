@@ -141,10 +141,10 @@ impl Drop for Runner {
 
 /// One statement for `jobs`; each is answered, or dropped (NotRun) if it failed.
 async fn batch(shared: &Shared, jobs: Vec<Job>) {
-    METRICS.refresh_batch.observe(jobs.len() as f64);
     let Some(mut taken) = shared.lane.take().await else {
         return;
     };
+    METRICS.refresh_batch.observe(jobs.len() as f64);
     let (presented, replies): (Vec<Presentation>, Vec<_>) = jobs
         .into_iter()
         .map(|job| (job.presented, job.reply))

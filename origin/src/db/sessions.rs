@@ -88,8 +88,10 @@ pub struct Presentation {
 ///
 /// One statement, one commit, for many: `crate::db::rotations` gathers the refreshes
 /// that arrive while earlier ones are running, so under load Postgres does one
-/// round trip and one WAL flush for a batch instead of one per refresh. The
-/// presentations are independent: one matching nothing takes nothing from the others.
+/// round trip and one WAL flush for a batch instead of one per refresh. Each
+/// presentation is judged on its own rows: one matching nothing takes nothing from
+/// the others (but an error fails them all, and a row lock held elsewhere holds them
+/// all, within the lane's limits: `crate::db::lane`).
 ///
 /// One winner among concurrent presentations of one token, in one batch or several,
 /// on one origin or several: the first `update` of the token row takes its lock; the
