@@ -137,27 +137,24 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// Postgres failures: an outage is a 503 the client may retry; anything else is a bug.
+/// Postgres failures: an outage, or a conflict Postgres rolled back, is a 503 the
+/// client may retry; anything else is a bug.
 impl From<sqlx::Error> for ApiError {
     fn from(error: sqlx::Error) -> Self {
         crate::metrics::METRICS.db_errors.inc();
+        let retry = match &error {
+            sqlx::Error::Database(db) => db.code().as_deref().and_then(retryable),
+            _ => None,
+        };
+        if let Some((what, retry_after)) = retry {
+            tracing::warn!(%error, what, "postgres: the client may retry");
+            return ApiError::Unavailable { what, retry_after };
+        }
         match error {
             sqlx::Error::PoolTimedOut
             | sqlx::Error::Io(_)
             | sqlx::Error::PoolClosed
             | sqlx::Error::Tls(_) => {
-                tracing::warn!(%error, "postgres unavailable");
-                ApiError::Unavailable {
-                    what: "database unavailable",
-                    retry_after: 5,
-                }
-            }
-            sqlx::Error::Database(ref db)
-                if db
-                    .code()
-                    .is_some_and(|c| c.starts_with("08") || c.starts_with("57P")) =>
-            {
-                // Class 08 (connection exception) and 57P (operator intervention: shutdown).
                 tracing::warn!(%error, "postgres unavailable");
                 ApiError::Unavailable {
                     what: "database unavailable",
@@ -172,4 +169,44 @@ impl From<sqlx::Error> for ApiError {
     }
 }
 
+/// A Postgres error a client may retry, by SQLSTATE (PostgreSQL, appendix A): what to
+/// tell it and when to retry; `None` for anything else, a bug.
+fn retryable(code: &str) -> Option<(&'static str, u64)> {
+    // Class 08 (connection exception) and 57P (operator intervention: shutdown).
+    if code.starts_with("08") || code.starts_with("57P") {
+        return Some(("database unavailable", 5));
+    }
+    // Class 40 (transaction rollback: a deadlock or a serialization failure; running it
+    // again may well succeed) and 55P03 (a row lock not had within `lock_timeout`).
+    if code.starts_with("40") || code == "55P03" {
+        return Some(("conflicting change; retry", 1));
+    }
+    None
+}
+
 pub type ApiResult<T> = Result<T, ApiError>;
+
+#[cfg(test)]
+mod tests {
+    use super::retryable;
+
+    #[test]
+    fn outages_and_conflicts_are_retried_and_anything_else_is_a_bug() {
+        for code in ["08006", "08001", "57P01", "57P03"] {
+            assert_eq!(retryable(code), Some(("database unavailable", 5)), "{code}");
+        }
+        // Class 40 (a deadlock or a serialization failure: Postgres rolled the
+        // transaction back, and running it again may well succeed) and 55P03 (a lock
+        // not had within `lock_timeout`).
+        for code in ["40P01", "40001", "55P03"] {
+            assert_eq!(
+                retryable(code),
+                Some(("conflicting change; retry", 1)),
+                "{code}"
+            );
+        }
+        for code in ["23505", "42601", "22P02", "57014", "XX000"] {
+            assert_eq!(retryable(code), None, "{code}");
+        }
+    }
+}
