@@ -153,9 +153,8 @@ async fn exchange(
     // Together with the refreshes arriving meanwhile, else (NotRun) alone through the
     // pool (crate::db::rotations). A second run after a lost answer is harmless: the
     // first run's successor is sealed under the presented token, and the grace window
-    // below hands it out.
-    // A copy goes to the batch (a few short strings): this request keeps its own for
-    // the pool and for the locked path below.
+    // below hands it out. A copy goes to the batch (a few short strings): this request
+    // keeps its own for the pool and for the locked path below.
     let presented = [Presentation {
         token_hash: token.hash(),
         rotation,

@@ -2,8 +2,8 @@
 //!
 //! Each refresh used to run [`sessions::rotate_current`] alone: one round trip and one
 //! commit (one WAL flush with `synchronous_commit` on) per refresh. Here a refresh
-//! joins a queue, and at most [`RUNNERS`] tasks (one) run the queue, each taking everything
-//! waiting (up to [`MAX_BATCH`]) into one statement on a lane connection
+//! joins a queue, and at most [`RUNNERS`] tasks (one) run the queue, each taking
+//! everything waiting (up to [`MAX_BATCH`]) into one statement on a lane connection
 //! (`crate::db::lane`). Nothing waits for a batch to fill: a refresh arriving while a
 //! runner is free runs at once, alone; under load, the refreshes that arrived while
 //! the runners were busy go together. Postgres then does one round trip and one commit
