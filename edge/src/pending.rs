@@ -51,6 +51,7 @@ impl<T> Pending<T> {
     }
 
     /// The value kept under `number`, if it is still there.
+    #[cfg(test)]
     pub fn get(&self, number: u32) -> Option<&T> {
         let slot = self.slot(number);
         match &self.slots[slot] {

@@ -143,25 +143,19 @@ impl From<sqlx::Error> for ApiError {
     fn from(error: sqlx::Error) -> Self {
         crate::metrics::METRICS.db_errors.inc();
         let retry = match &error {
-            sqlx::Error::Database(db) => db.code().as_deref().and_then(retryable),
-            _ => None,
-        };
-        if let Some((what, retry_after)) = retry {
-            tracing::warn!(%error, what, "postgres: the client may retry");
-            return ApiError::Unavailable { what, retry_after };
-        }
-        match error {
             sqlx::Error::PoolTimedOut
             | sqlx::Error::Io(_)
             | sqlx::Error::PoolClosed
-            | sqlx::Error::Tls(_) => {
-                tracing::warn!(%error, "postgres unavailable");
-                ApiError::Unavailable {
-                    what: "database unavailable",
-                    retry_after: 5,
-                }
+            | sqlx::Error::Tls(_) => Some(("database unavailable", 5)),
+            sqlx::Error::Database(db) => db.code().as_deref().and_then(retryable),
+            _ => None,
+        };
+        match retry {
+            Some((what, retry_after)) => {
+                tracing::warn!(%error, what, "postgres: the client may retry");
+                ApiError::Unavailable { what, retry_after }
             }
-            error => {
+            None => {
                 tracing::error!(%error, "postgres error");
                 ApiError::Internal
             }

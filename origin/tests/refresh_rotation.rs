@@ -42,12 +42,7 @@ async fn fifty_concurrent_refreshes_create_at_most_one_new_token() {
             .filter(|r| r.status == StatusCode::OK)
             .map(|r| Tokens(r.json()).refresh().to_owned())
             .collect();
-        let rows: i64 =
-            sqlx::query_scalar("select count(*) from refresh_token where session_id::text = $1")
-                .bind(login.sid())
-                .fetch_one(&origin.pg)
-                .await
-                .unwrap();
+        let rows = token_rows(&origin, &login.sid()).await;
         assert!(
             !children.is_empty(),
             "round {round}: no refresh succeeded: {statuses:?}"
@@ -71,6 +66,15 @@ async fn fifty_concurrent_refreshes_create_at_most_one_new_token() {
     let next = origin.refresh_ok(&current).await;
     assert_eq!(origin.me(next.access()).await.status, StatusCode::OK);
     assert_eq!(origin.session_revoked(&login.sid()).await, Some(false));
+}
+
+/// The refresh-token rows of session `sid`: its login's and one per rotation.
+async fn token_rows(origin: &Origin, sid: &str) -> i64 {
+    sqlx::query_scalar("select count(*) from refresh_token where session_id::text = $1")
+        .bind(sid)
+        .fetch_one(&origin.pg)
+        .await
+        .unwrap()
 }
 
 /// Rounds of 50 concurrent refreshes in the test above.
@@ -118,12 +122,7 @@ async fn refreshes_rotated_together_each_get_their_own_session_back() {
     }
     for t in &sessions {
         assert_eq!(origin.me(t.access()).await.status, StatusCode::OK);
-        let rows: i64 =
-            sqlx::query_scalar("select count(*) from refresh_token where session_id::text = $1")
-                .bind(t.sid())
-                .fetch_one(&origin.pg)
-                .await
-                .unwrap();
+        let rows = token_rows(&origin, &t.sid()).await;
         assert_eq!(rows, 4, "the login's token and one per round");
     }
     // And they did go together: fewer statements than refreshes.

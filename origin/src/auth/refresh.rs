@@ -155,15 +155,15 @@ async fn exchange(
     // first run's successor is sealed under the presented token, and the grace window
     // below hands it out. A copy goes to the batch (a few short strings): this request
     // keeps its own for the pool and for the locked path below.
-    let presented = [Presentation {
+    let presentation = Presentation {
         token_hash: token.hash(),
         rotation,
-    }];
-    let found = match state.rotations.rotate(presented[0].clone()).await {
+    };
+    let found = match state.rotations.rotate(presentation.clone()).await {
         Ok(found) => found,
         Err(NotRun) => db::sessions::rotate_current(
             &state.db,
-            &presented,
+            std::slice::from_ref(&presentation),
             config.session_idle_ttl_secs,
             config.access_token_ttl_secs,
         )
@@ -171,7 +171,7 @@ async fn exchange(
         .pop()
         .map(|(_, row)| row),
     };
-    let [Presentation { rotation, .. }] = presented;
+    let rotation = presentation.rotation;
     if let Some(session) = found {
         let response = issue(state, &session, &successor)?;
         state.publisher.sessions(vec![session]).await?;
