@@ -6,7 +6,7 @@
 // Rust's async executor:
 // - `F`: forward (where, which headers to remove, which to set);
 // - `V`: check an Ed25519 signature with WebCrypto, then ask `planVerified`;
-// - `S`: read the session with one POST to the store, then ask `planStored`;
+// - `S`: read the session with one GET from the store, then ask `planStored`;
 // - a `Response`: answer it as it is;
 // - `undefined`: the request takes the full path, Rust's async `fetch` (preflights,
 //   CORS, refusals of the credentials, keys to fetch, the KV store, a WebCrypto
@@ -125,17 +125,16 @@ async function checked(request, env, ctx, authorization, step) {
     if (typeof step !== "string") return step;
     cacheHit = false;
   }
-  // `S\tnumber\turl\ttimeoutMs\tauthorization`, then the body.
-  const newline = step.indexOf("\n");
-  const [, held, url, timeout, storeAuthorization] = step.slice(0, newline).split("\t");
+  // `S\tnumber\turl\ttimeoutMs\tauthorization`: a GET (store::mget_url), never
+  // answered from a cache on the way.
+  const [, held, url, timeout, storeAuthorization] = step.split("\t");
   const readStarted = Date.now();
   let status = 0;
   let text = "";
   try {
     const reply = await fetch(url, {
-      method: "POST",
-      headers: { authorization: storeAuthorization, "content-type": "application/json" },
-      body: step.slice(newline + 1),
+      headers: { authorization: storeAuthorization },
+      cache: "no-store",
       signal: AbortSignal.timeout(Number(timeout)),
     });
     status = reply.status;

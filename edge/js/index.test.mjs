@@ -61,19 +61,25 @@ function glue(overrides) {
 
 const { default: entry } = await import(new URL("./index.js", import.meta.url));
 
-const STORE = "https://store.test/";
+const STORE = "https://store.test/mget/a/b/c";
 const protectedRequest = () =>
   new Request("https://edge.test/api/me", { headers: { authorization: "Bearer t" } });
 
 test("the session read's answer goes back under the number the step carried", async () => {
   const realFetch = globalThis.fetch;
-  globalThis.fetch = async (url) => {
+  globalThis.fetch = async (url, init) => {
     assert.equal(String(url), STORE);
+    // A GET with the store's token that no cache on the way may answer.
+    const read = new Request(url, init);
+    assert.equal(read.method, "GET");
+    assert.equal(read.cache, "no-store");
+    assert.equal(read.headers.get("authorization"), "Bearer store");
+    assert.equal(read.body, null);
     return new Response('[{"result":null}]');
   };
   try {
     glue({
-      plan: () => `S\t41\t${STORE}\t1000\tBearer store\n["MGET"]`,
+      plan: () => `S\t41\t${STORE}\t1000\tBearer store`,
       planStored: () => new Response("refused", { status: 401 }),
     });
     const response = await entry.fetch(protectedRequest(), {}, {});
@@ -90,7 +96,7 @@ test("a request no longer held takes the full path, not the origin's check", asy
   globalThis.fetch = async () => new Response("[]");
   try {
     glue({
-      plan: () => `S\t9\t${STORE}\t1000\tBearer store\n["MGET"]`,
+      plan: () => `S\t9\t${STORE}\t1000\tBearer store`,
       planStored: () => null,
     });
     const response = await entry.fetch(protectedRequest(), {}, {});
@@ -116,7 +122,7 @@ test("a number handed out before a trap replaced the instance never reaches the 
       plan: () => {
         if (first) {
           first = false;
-          return `S\t0\t${STORE}\t1000\tBearer store\n["MGET"]`;
+          return `S\t0\t${STORE}\t1000\tBearer store`;
         }
         throw new WebAssembly.RuntimeError("unreachable");
       },
@@ -153,7 +159,7 @@ test("nor does one waiting on WebCrypto's signature check", async () => {
       }
       throw new WebAssembly.RuntimeError("unreachable");
     },
-    planVerified: () => `S\t4\t${STORE}\t1000\tBearer store\n["MGET"]`,
+    planVerified: () => `S\t4\t${STORE}\t1000\tBearer store`,
   });
   // The first request's check is in flight when the second one traps.
   const waiting = entry.fetch(protectedRequest(), {}, {});

@@ -252,11 +252,11 @@ pub fn verify_step(number: u32, check: &crate::verify::SignatureCheck) -> String
     )
 }
 
-/// `S`, the request's number, the store's URL, the time budget in ms and its
-/// `Authorization` value, then the `MGET` body on the next line: the entry posts it and
-/// calls back with the number and the answer.
-pub fn read_step(number: u32, url: &str, token: &str, budget_ms: u64, body: &str) -> String {
-    format!("S\t{number}\t{url}\t{budget_ms}\tBearer {token}\n{body}")
+/// `S`, the request's number, the read's URL ([`crate::store::mget_url`]), the time
+/// budget in ms and the store's `Authorization` value: the entry GETs it and calls
+/// back with the number and the answer.
+pub fn read_step(number: u32, url: &str, token: &str, budget_ms: u64) -> String {
+    format!("S\t{number}\t{url}\t{budget_ms}\tBearer {token}")
 }
 
 /// Lower-case hex, by table: a `format!` per byte was 2 % of a verifying request's CPU.
@@ -517,8 +517,8 @@ mod tests {
         assert_eq!(unhex::<2>("abc"), None);
         assert_eq!(unhex::<2>("zzzz"), None);
         assert_eq!(
-            read_step(4_294_967_295, "https://r", "tok", 1000, "[\"MGET\"]"),
-            "S\t4294967295\thttps://r\t1000\tBearer tok\n[\"MGET\"]"
+            read_step(4_294_967_295, "https://r/mget/a/b/c", "tok", 1000),
+            "S\t4294967295\thttps://r/mget/a/b/c\t1000\tBearer tok"
         );
     }
 }

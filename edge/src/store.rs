@@ -26,10 +26,33 @@ pub fn keys(prefix: &str, claims: &VerifiedClaims, kv: bool) -> [String; 3] {
     ]
 }
 
-/// The Upstash REST body of the read: `["MGET", k1, k2, k3]`.
-pub fn mget_body(keys: &[String; 3]) -> String {
-    // Straight to text, without a `Value` in between (this runs on every request).
-    serde_json::to_string(&["MGET", &keys[0], &keys[1], &keys[2]]).unwrap_or_default()
+/// The URL of the read at the Upstash REST endpoint `base`, in its path style:
+/// `GET {base}/mget/k1/k2/k3`. This read runs on every authenticated request, and a
+/// GET without a body costs workerd less than a POST carrying the command as JSON: a
+/// bare read and forward did 1 %, 5 % and 14 % more requests/s with it (three pairs
+/// side by side in one workerd, 2026-12-04). Each key is percent-encoded, every byte
+/// but RFC 3986 §2.3's unreserved characters, so its `{`, `}`, `/` or `%` stay in its
+/// own segment. A GET may be answered by a cache on its way: the read is made with
+/// `cache: "no-store"`.
+pub fn mget_url(base: &str, keys: &[String; 3]) -> String {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let mut url =
+        String::with_capacity(base.len() + 5 + keys.iter().map(|k| 3 * k.len() + 1).sum::<usize>());
+    url.push_str(base);
+    url.push_str("/mget");
+    for key in keys {
+        url.push('/');
+        for &byte in key.as_bytes() {
+            if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
+                url.push(char::from(byte));
+            } else {
+                url.push('%');
+                url.push(char::from(HEX[usize::from(byte >> 4)]));
+                url.push(char::from(HEX[usize::from(byte & 0xf)]));
+            }
+        }
+    }
+    url
 }
 
 /// The store could not answer: down, slow, or an unexpected reply.
@@ -118,10 +141,40 @@ mod tests {
             ]
         );
         assert_eq!(
-            mget_body(&read),
-            r#"["MGET","auth:sess:{p1011}:u1:s1","auth:nbf:{p1011}:u1","auth:fresh:{p1011}"]"#
+            mget_url("https://r.test", &read),
+            "https://r.test/mget/auth%3Asess%3A%7Bp1011%7D%3Au1%3As1/auth%3Anbf%3A%7Bp1011%7D%3Au1/auth%3Afresh%3A%7Bp1011%7D"
         );
         assert_eq!(keys("auth:", &claims(), true)[2], "auth:fresh:kv");
+    }
+
+    #[test]
+    fn every_key_stays_one_path_segment_whatever_it_holds() {
+        let decode = |segment: &str| {
+            let mut out = Vec::new();
+            let mut bytes = segment.bytes();
+            while let Some(b) = bytes.next() {
+                if b == b'%' {
+                    let hex = [bytes.next().unwrap(), bytes.next().unwrap()];
+                    out.push(u8::from_str_radix(std::str::from_utf8(&hex).unwrap(), 16).unwrap());
+                } else {
+                    out.push(b);
+                }
+            }
+            String::from_utf8(out).unwrap()
+        };
+        let keys = [
+            "p/a?t#h%2F x".to_string(),
+            "ünïcode:{tag}".to_string(),
+            "plain-key_1.2~3".to_string(),
+        ];
+        let url = mget_url("http://127.0.0.1:8079", &keys);
+        let path = url.strip_prefix("http://127.0.0.1:8079/mget/").unwrap();
+        let segments: Vec<String> = path.split('/').map(decode).collect();
+        assert_eq!(segments, keys);
+        assert!(
+            path.ends_with("/plain-key_1.2~3"),
+            "unreserved bytes stay as they are"
+        );
     }
 
     #[test]

@@ -378,13 +378,11 @@ fn read_step(number: u32, config: &Config, claims: &VerifiedClaims) -> Option<St
         return None;
     };
     let keys = store::keys(&config.key_prefix, claims, false);
-    let body = store::mget_body(&keys);
     Some(crate::plan::read_step(
         number,
-        url,
+        &store::mget_url(url, &keys),
         token,
         config.store_timeout_ms,
-        &body,
     ))
 }
 
@@ -1094,17 +1092,16 @@ impl SessionStore for UpstashStore<'_> {
         headers
             .set("authorization", &format!("Bearer {}", self.token))
             .ok()?;
-        headers.set("content-type", "application/json").ok()?;
         let init = web_sys::RequestInit::new();
-        init.set_method("POST");
         init.set_headers(&headers);
-        init.set_body(&store::mget_body(keys).into());
+        init.set_cache(web_sys::RequestCache::NoStore);
         init.set_signal(Some(&web_sys::AbortSignal::timeout_with_u32(
             self.budget_ms,
         )));
         let global: web_sys::WorkerGlobalScope = js_sys::global().unchecked_into();
+        let url = store::mget_url(self.url, keys);
         let response: web_sys::Response =
-            JsFuture::from(global.fetch_with_str_and_init(self.url, &init))
+            JsFuture::from(global.fetch_with_str_and_init(&url, &init))
                 .await
                 .ok()?
                 .unchecked_into();
@@ -1124,11 +1121,9 @@ impl SessionStore for UpstashStore<'_> {
     async fn read(&self, keys: &[String; 3]) -> Option<[Option<String>; 3]> {
         let response = HTTP
             .with(|c| c.clone())
-            .post(self.url)
+            .get(store::mget_url(self.url, keys))
             .bearer_auth(self.token)
-            .header("content-type", "application/json")
             .timeout(Duration::from_millis(self.budget_ms.into()))
-            .body(store::mget_body(keys))
             .send()
             .await
             .ok()?;

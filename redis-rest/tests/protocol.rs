@@ -177,6 +177,41 @@ async fn the_path_style_appends_the_body_and_query_parameters() {
     front.post("/", json!(["DEL", k])).await;
 }
 
+/// The edge's session read (edge/src/store.rs, `mget_url`): `GET /mget/k1/k2/k3`,
+/// each key percent-encoded, so a key's braces, colons or slash stay one argument.
+#[tokio::test]
+async fn the_path_style_decodes_each_segment_into_one_argument() {
+    let front = start(&redis_url()).await;
+    let tagged = front.key("sess:{p0042}:u:s");
+    let slashed = front.key("a/b%c");
+    front.post("/", json!(["SET", tagged, "record"])).await;
+    front.post("/", json!(["SET", slashed, "other"])).await;
+    let encode = |key: &str| {
+        key.bytes()
+            .map(|b| match b {
+                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                    char::from(b).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect::<String>()
+    };
+    let path = format!(
+        "/mget/{}/{}/{}",
+        encode(&tagged),
+        encode(&slashed),
+        encode(&front.key("missing"))
+    );
+    let token = front.token.clone();
+    assert_eq!(
+        front
+            .send(reqwest::Method::GET, &path, Some(&token), None)
+            .await,
+        (200, json!({"result": ["record", "other", null]}))
+    );
+    front.post("/", json!(["DEL", tagged, slashed])).await;
+}
+
 #[tokio::test]
 async fn a_pipeline_replies_per_command_errors_included() {
     let front = start(&redis_url()).await;
