@@ -68,7 +68,18 @@ function forward(request, step) {
   };
   // A timer on every forward is a measurable share of its CPU: only when configured.
   if (timeout !== "0") init.signal = AbortSignal.timeout(Number(timeout));
-  return fetch(url, init).catch(forwardFailed);
+  return fetch(url, init).catch(failed);
+}
+
+// A forward that failed is answered by Rust (502, or 504 when its budget ran out); a
+// trap there is handled like any other, not thrown into the runtime. Caught here, on
+// the failure path, so a forward that succeeds waits on no extra promise.
+function failed(error) {
+  try {
+    return forwardFailed(error);
+  } catch (trap) {
+    return internalError(trap);
+  }
 }
 
 // Imported WebCrypto keys by their raw bytes (hex), never by `kid`.

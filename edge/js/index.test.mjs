@@ -169,3 +169,24 @@ test("nor does one waiting on WebCrypto's signature check", async () => {
   assert.equal(await response.text(), "full path");
   assert.ok(!calls.some(([name]) => name === "planVerified"), "old number passed to the new instance");
 });
+
+test("a trap while answering a failed forward is a JSON 500 and replaces the instance", async () => {
+  const realFetch = globalThis.fetch;
+  globalThis.fetch = async () => {
+    throw new TypeError("Network connection lost.");
+  };
+  try {
+    glue({
+      plan: () => "F\thttps://upstream.test/public/x\t0\t0\n",
+      forwardFailed: () => {
+        throw new WebAssembly.RuntimeError("unreachable");
+      },
+    });
+    const response = await entry.fetch(new Request("https://edge.test/public/x"), {}, {});
+    assert.equal(response.status, 500);
+    assert.equal((await response.json()).error, "server_error");
+    assert.ok(calls.some(([name]) => name === "reset"), "the trapped instance was kept");
+  } finally {
+    globalThis.fetch = realFetch;
+  }
+});
