@@ -84,6 +84,21 @@ for (const second of [...perSecond.keys()].sort((a, b) => a - b)) {
   else windows.push([second, second]);
 }
 
+// Where a sample's own time runs: our Rust (Wasm), the entry, the wasm-bindgen glue,
+// the reference workers, the platform's native functions (fetch, Headers,
+// String.split: no script), or outside JavaScript ((program): workerd's own C++ such
+// as its HTTP, and V8's; (garbage collector)).
+const where = (id) => {
+  const { functionName, url } = nodes.get(id).callFrame;
+  if (functionName.startsWith("(")) return functionName;
+  if (url.startsWith("wasm:")) return "Rust (Wasm)";
+  if (url === "") return "platform (native functions)";
+  const file = url.split("/").pop();
+  if (file === "index.js") return "entry (index.js)";
+  if (file === "edge.js") return "glue (edge.js)";
+  return `other JS (${file})`;
+};
+
 const top = (counts, total, n) =>
   [...counts]
     .sort((a, b) => b[1] - a[1])
@@ -93,6 +108,7 @@ const top = (counts, total, n) =>
 for (const [from, to] of windows) {
   if (to - from < 5) continue;
   const self = new Map();
+  const byWhere = new Map();
   const inclusive = new Map();
   let total = 0;
   // The first and last seconds are partly idle: left out.
@@ -100,6 +116,7 @@ for (const [from, to] of windows) {
     if (second <= from || second >= to || idle(id)) continue;
     total++;
     self.set(name(id), (self.get(name(id)) ?? 0) + 1);
+    byWhere.set(where(id), (byWhere.get(where(id)) ?? 0) + 1);
     const seen = new Set();
     for (let at = id; at !== undefined; at = parent.get(at)) {
       const label = name(at);
@@ -108,7 +125,9 @@ for (const [from, to] of windows) {
       inclusive.set(label, (inclusive.get(label) ?? 0) + 1);
     }
   }
-  console.log(`\n== busy ${from}-${to} s (${total} samples): self time`);
+  console.log(`\n== busy ${from}-${to} s (${total} samples): self time by where it runs`);
+  console.log(top(byWhere, total, 10));
+  console.log("-- self time");
   console.log(top(self, total, 30));
   console.log("-- inclusive time");
   console.log(top(inclusive, total, 25));

@@ -537,6 +537,15 @@ impl Bench {
             "",
             None,
         );
+        // How much of that reachable rate ours reaches: the share of the warm goal that
+        // is ours to close, whatever (b) and the platform did this run.
+        self.row(
+            "edge",
+            "validated, cache warm ÷ (c): ours against that floor",
+            format!("{:.0}%", 100.0 * v.rate() / floor.rate()),
+            "",
+            None,
+        );
         // (d) does what our forward must (the origin accepts no forward without the
         // signed client address): the part of the gap to (a) that is the job itself.
         self.row(
