@@ -10,6 +10,7 @@
 mod chain;
 mod cluster;
 mod procfs;
+mod revisits;
 mod sim;
 mod stack;
 mod wrk;
@@ -31,6 +32,9 @@ const PASSWORD: &str = "correct horse battery staple";
 /// Access tokens minted for the cold-cache run: more than the edge's verified-token
 /// cache holds (10,000), so that cycling through them always misses.
 const COLD_TOKENS: usize = 25_000;
+/// The edge runs' load: wrk connections and threads.
+const LOAD_CONNECTIONS: u32 = 8;
+const LOAD_THREADS: u32 = 2;
 
 /// CPU counters around one load run: the origin's, Postgres's (the postmaster and
 /// its backends) and the machine's.
@@ -305,7 +309,7 @@ impl Bench {
     /// [`wrk_cpu`](Self::wrk_cpu) for the workerd process `pid`.
     fn wrk_cpu_of(&self, pid: u32, url: String, env: Vec<(&'static str, String)>) -> wrk::Run {
         let before = procfs::cpu_seconds(pid);
-        let mut run = self.wrk(url, "get.lua", 8, 2, env);
+        let mut run = self.wrk(url, "get.lua", LOAD_CONNECTIONS, LOAD_THREADS, env);
         run.cpu_ms = (procfs::cpu_seconds(pid) - before) * 1000.0 / run.requests as f64;
         run
     }
@@ -367,6 +371,28 @@ impl Bench {
         let (access, _) = self.login("bench-user").await;
         let warm = self.file("warm.txt", std::slice::from_ref(&access));
         let cold = self.file("cold.txt", &self.mint(&access, COLD_TOKENS));
+        // The cold runs compare every request verifying, ours against (b): no token may
+        // come back while the edge's cache could still hold it.
+        let sent = revisits::record(&self.lua, &cold, LOAD_CONNECTIONS, LOAD_THREADS);
+        let returns = revisits::returns_within(&sent, revisits::EDGE_VERIFIED_CACHE);
+        self.row(
+            "edge",
+            format!(
+                "cold load: requests whose token came back within {} requests (of {} sent to a recorder)",
+                revisits::EDGE_VERIFIED_CACHE,
+                sent.len()
+            ),
+            returns.to_string(),
+            "0",
+            Some(returns == 0),
+        );
+        assert!(
+            sent.len() > revisits::EDGE_VERIFIED_CACHE && returns == 0,
+            "the cold load would be answered from the edge's token cache: {returns} of {} \
+             requests brought back a token within {} requests (bench/lua/get.lua)",
+            sent.len(),
+            revisits::EDGE_VERIFIED_CACHE
+        );
         let edge = self.stack.edge_url.clone();
         let tokens = |file: &str| vec![("BENCH_TOKENS", file.to_string())];
 

@@ -383,21 +383,34 @@ fn wrangler_compatibility_date(root: &Path) -> String {
 /// An upstream that answers every request with a few bytes, at once: the edge's
 /// forwarding cost is measured, not an application's.
 fn start_upstream() -> String {
+    let app = axum::Router::new().fallback(|| async { "ok" });
+    serve_on_thread(app, std::future::pending()).0
+}
+
+/// Serves `app` on a free loopback port from a thread of its own (a single-threaded
+/// runtime, apart from the bench's) until `shutdown` completes: its base URL, and the
+/// thread to join once it has.
+pub fn serve_on_thread(
+    app: axum::Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> (String, std::thread::JoinHandle<()>) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     listener.set_nonblocking(true).unwrap();
-    std::thread::spawn(move || {
+    let thread = std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
         runtime.block_on(async move {
             let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-            let app = axum::Router::new().fallback(|| async { "ok" });
-            axum::serve(listener, app).await.unwrap();
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+                .unwrap();
         });
     });
-    url
+    (url, thread)
 }
 
 async fn wait_port(process: &mut Process, port: u16) {

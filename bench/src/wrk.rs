@@ -58,6 +58,8 @@ pub fn run(lua_dir: &Path, load: &Load) -> Run {
         .arg(lua_dir.join(load.script))
         .arg(&load.url)
         .env("BENCH_LUA_DIR", lua_dir)
+        // For scripts that give each thread a share of the tokens (get.lua).
+        .env("BENCH_THREADS", load.threads.to_string())
         .envs(load.env.iter().map(|(k, v)| (k, v)))
         .output()
         .expect("running wrk (scripts/bench installs it)");
