@@ -49,7 +49,7 @@ pub struct Config {
     /// The edge's own time budget for a forwarded request's answer, ms
     /// (`FORWARD_TIMEOUT_MS`, default 0: none, the request waits as long as the client
     /// and the platform do). A budget answers 504 when it runs out, but its timer costs
-    /// every forwarded request workerd CPU (README, "Edge speed").
+    /// every forwarded request workerd CPU (docs/PERFORMANCE-LOG.md, "Edge speed").
     pub forward_timeout_ms: u64,
     /// Least time between two JWKS fetches caused by an unknown `kid`, seconds.
     pub jwks_refetch_secs: u64,

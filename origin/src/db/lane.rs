@@ -4,10 +4,11 @@
 //! (`test_before_acquire`) and again when it comes back (`return_to_pool`, which no
 //! option turns off). For a refresh, one statement, that is three round trips where
 //! one would do, each waking both the origin and Postgres.
-//! Measured with `BENCH_ONLY=refresh scripts/bench` (README, "Refreshes ÷ pgbench"):
-//! the origin's CPU per refresh 131–142 µs with 8 lane connections that callers did
-//! not wait for (the rest went through the pool), 109–117 µs with 16 that they wait
-//! for. Its callers are now the runners of `crate::db::rotations`, one connection each.
+//! Measured with `BENCH_ONLY=refresh scripts/bench` (docs/PERFORMANCE-LOG.md,
+//! "Refreshes ÷ pgbench"): the origin's CPU per refresh 131–142 µs with 8 lane
+//! connections that callers did not wait for (the rest went through the pool),
+//! 109–117 µs with 16 that they wait for. Its callers are now the runners of
+//! `crate::db::rotations`, one connection each.
 //!
 //! The lane holds connections taken out of the pool (`detach`), at most `size`, and
 //! hands them out as they are, with their own time limits ([`LIMITS`]). One goes back

@@ -32,7 +32,7 @@ use crate::metrics::METRICS;
 /// `BENCH_ONLY=refresh scripts/bench` on 2026-12-04 (refreshes ÷ pgbench at 16 and
 /// 64 connections, means of two pairs): one runner 120 % and 144 %, two 73 % and
 /// 114 %, four 53 % and 94 %, against 61 % and 65 % for one statement per refresh on
-/// 16 lane connections an hour before (README, "Refreshes ÷ pgbench").
+/// 16 lane connections an hour before (docs/PERFORMANCE-LOG.md, "Refreshes ÷ pgbench").
 pub const RUNNERS: usize = 1;
 
 /// The most refreshes in one statement.
