@@ -1295,7 +1295,6 @@ fn raw_argon2_per_second(seconds: u32) -> f64 {
     total as f64 / started.elapsed().as_secs_f64()
 }
 
-/// Total raw and gzip -9 sizes of the bundle's files ending in `.ext`.
 /// How many times the edge section alternates ours and the references:
 /// `BENCH_EDGE_ROUNDS`, 2 unless set (at least 1).
 fn edge_rounds() -> usize {
@@ -1332,6 +1331,7 @@ fn median(values: &mut [f64]) -> f64 {
     }
 }
 
+/// Total raw and gzip -9 sizes of the bundle's files ending in `.ext`.
 fn sizes(dir: &Path, ext: &str) -> (u64, u64) {
     let mut raw = 0;
     let mut gz = 0;
